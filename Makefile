@@ -1,0 +1,27 @@
+# Every target does its own set-up: a fresh clone needs nothing but python3 (>=3.10) and make.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.embergpt-installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch: the bounded range resolves to it here (an open range pulls CUDA wheels).
+	$(PY) -m pip install -q "torch>=2.4,<2.14"
+	$(PY) -m pip install -q -e ".[dev,serve,bench]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/embergpt check-features
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .pytest_cache runs artifacts

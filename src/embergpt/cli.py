@@ -1,0 +1,61 @@
+"""The `embergpt` command line: a thin layer over library functions.
+
+Each verb lives in `embergpt/commands/<verb>.py`, which defines
+`add_arguments(parser)` (cheap: no heavy imports) and `run(args) -> int`.
+Errors a user can cause (`EmbergptError`, `ValueError`) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> (module under embergpt.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "check-features": ("check_features", "run the model capability report (PASS/FAIL per check)"),
+    "tokenizer": ("tokenizer", "train, inspect or use a char/BPE tokenizer"),
+    "train": ("train", "train a GPT (or a teaching-ladder model) on a text source"),
+    "generate": ("generate", "generate text from a checkpoint"),
+    "serve": ("serve", "serve a checkpoint over HTTP with a web UI"),
+    "micro": ("micro", "train the pure-Python micro GPT on names"),
+    "bench": ("bench", "run a benchmark and print JSON"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from embergpt import __version__
+
+    parser = argparse.ArgumentParser(prog="embergpt", description="embergpt: a small-GPT toolkit.")
+    parser.add_argument("--version", action="version", version=f"embergpt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for verb, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(f"embergpt.commands.{module_name}")
+        p = sub.add_parser(verb, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from embergpt.errors import EmbergptError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._module.run(args) or 0)
+    except (EmbergptError, ValueError) as e:
+        print(f"embergpt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"embergpt {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

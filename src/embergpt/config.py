@@ -1,0 +1,104 @@
+"""Model configuration: a small validated dataclass, a JSON round trip and a few named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int = 256
+    sequence_len: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int = 4  # 1 = multi-query, n_head = multi-head, in between = grouped-query
+    n_embd: int = 128
+    dropout: float = 0.0
+    rope_base: float = 10000.0
+    softcap: float | None = 15.0  # logits -> c * tanh(logits / c); None disables
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "sequence_len", "n_layer", "n_head", "n_kv_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
+            )
+        if self.n_head % self.n_kv_head != 0:
+            raise ValueError(
+                f"GPTConfig.n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})"
+            )
+        if self.head_dim % 2 != 0:
+            raise ValueError(
+                f"GPTConfig head_dim = n_embd / n_head = {self.head_dim} must be even (RoPE rotates pairs)"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.rope_base <= 0:
+            raise ValueError(f"GPTConfig.rope_base must be positive, got {self.rope_base!r}")
+        if self.softcap is not None and self.softcap <= 0:
+            raise ValueError(f"GPTConfig.softcap must be positive or None, got {self.softcap!r}")
+        if self.norm_eps <= 0:
+            raise ValueError(f"GPTConfig.norm_eps must be positive, got {self.norm_eps!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"GPTConfig: unknown field(s) {', '.join(unknown)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> GPTConfig:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> GPTConfig:
+        return cls.from_json(Path(path).read_text())
+
+    def replace(self, **changes: Any) -> GPTConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# Named presets. vocab_size is a placeholder where the tokenizer decides it (train overrides it).
+PRESETS: dict[str, GPTConfig] = {
+    # for tests: runs in milliseconds
+    "tiny": GPTConfig(vocab_size=64, sequence_len=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32),
+    # the check-features shape (nanochat-rs's check_features example)
+    "check": GPTConfig(vocab_size=256, sequence_len=128, n_layer=4, n_head=4, n_kv_head=2, n_embd=128),
+    # char-level tiny Shakespeare on a laptop CPU (the `make demo` model)
+    "shakespeare-char": GPTConfig(
+        vocab_size=66, sequence_len=128, n_layer=4, n_head=4, n_kv_head=4, n_embd=128
+    ),
+    # the benchmark shape used by `embergpt bench train|decode|serve`
+    "bench": GPTConfig(vocab_size=8192, sequence_len=1536, n_layer=6, n_head=6, n_kv_head=6, n_embd=384),
+    # GPT-2-small sized
+    "d12": GPTConfig(vocab_size=50304, sequence_len=1024, n_layer=12, n_head=12, n_kv_head=12, n_embd=768),
+}
+
+
+def get_preset(name: str) -> GPTConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,21 @@
+"""Errors a user can cause. The CLI prints them as one line (no traceback) and exits non-zero."""
+
+
+class EmbergptError(Exception):
+    """Base class for errors caused by input: a bad path, a bad flag value, a broken file."""
+
+
+class CheckpointError(EmbergptError):
+    """A checkpoint directory is missing files, corrupted, or does not match its config/metadata."""
+
+
+class DataError(EmbergptError):
+    """A text source cannot be read: missing file, bad URL, server errors, malformed data."""
+
+
+class TokenizerError(EmbergptError):
+    """A tokenizer file is invalid, or text cannot be encoded with it."""
+
+
+class DeviceError(EmbergptError):
+    """The requested device or dtype is not available on this machine."""
