@@ -1,0 +1,106 @@
+"""A static, preallocated KV cache.
+
+Allocated once for (batch, max_len) and written in place, so shapes never change between decode steps: that is
+what makes a compiled decode step and CUDA graphs possible. Positions are kept per row as a tensor, so rows of
+different lengths (a batch of different prompts, or continuous batching in the server) share one cache.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from embergpt.config import GPTConfig
+
+
+class KVCache:
+    """Per layer k and v buffers of shape [B, n_kv_head, max_len, head_dim] in the compute dtype.
+
+    `pos[b]` is the number of tokens already cached for row b; the next token of row b goes to index pos[b].
+    `max_pos` is a host-side upper bound of pos, used to refuse overflows without a device sync.
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch_size: int,
+        n_kv_head: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.pos = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.max_len = max_len
+        self.max_pos = 0
+
+    @classmethod
+    def for_model(
+        cls,
+        config: GPTConfig,
+        batch_size: int,
+        max_len: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> KVCache:
+        """A cache sized for `config`; max_len defaults to (and may not exceed) config.sequence_len."""
+        max_len = config.sequence_len if max_len is None else max_len
+        if not 0 < max_len <= config.sequence_len:
+            raise ValueError(
+                f"KV cache length {max_len} must be in 1..sequence_len={config.sequence_len} (the model's RoPE table)"
+            )
+        return cls(config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim, dtype, device)
+
+    @property
+    def batch_size(self) -> int:
+        return self.pos.size(0)
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+    def check_capacity(self, n_new: int) -> None:
+        if self.max_pos + n_new > self.max_len:
+            raise ValueError(
+                f"KV cache full: {self.max_pos} cached + {n_new} new tokens exceed max_len={self.max_len}; "
+                "use a shorter prompt or fewer new tokens"
+            )
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v [B, Hkv, T, D] at positions pos[b] .. pos[b] + T - 1; return the layer's whole buffers."""
+        B, H, T, D = k.shape
+        if T == 1:  # decode: one scatter per row via advanced indexing, cheaper than a general scatter
+            rows = torch.arange(B, device=k.device)
+            self.k[layer, rows, :, self.pos] = k[:, :, 0]
+            self.v[layer, rows, :, self.pos] = v[:, :, 0]
+        else:
+            index = (self.pos[:, None] + torch.arange(T, device=k.device))[:, None, :, None].expand(B, H, T, D)
+            self.k[layer].scatter_(2, index, k.to(self.k.dtype))
+            self.v[layer].scatter_(2, index, v.to(self.v.dtype))
+        return self.k[layer], self.v[layer]
+
+    def advance(self, n: int) -> None:
+        self.pos += n
+        self.max_pos += n
+
+    def set_positions(self, pos: torch.Tensor | list[int]) -> None:
+        """Set each row's cached length (after a right-padded prefill of prompts of different lengths)."""
+        pos = torch.as_tensor(pos, dtype=torch.long, device=self.pos.device)
+        self.pos.copy_(pos)
+        self.max_pos = int(pos.max()) if pos.numel() else 0
+
+    def reset(self) -> None:
+        self.pos.zero_()
+        self.max_pos = 0
+
+    def copy_row_(self, dst_row: int, src: KVCache, src_row: int = 0) -> None:
+        """Copy row `src_row` of another cache (e.g. a single-prompt prefill) into row `dst_row` of this one."""
+        n = int(src.pos[src_row])
+        if n > self.max_len:
+            raise ValueError(f"cannot copy {n} cached tokens into a cache of max_len={self.max_len}")
+        self.k[:, dst_row, :, :n] = src.k[:, src_row, :, :n]
+        self.v[:, dst_row, :, :n] = src.v[:, src_row, :, :n]
+        self.pos[dst_row] = n
+        self.max_pos = max(self.max_pos, n)
