@@ -1,0 +1,309 @@
+"""Checkpoints: a self-describing directory, written atomically, validated on load. No pickle anywhere.
+
+    CKPT/
+      config.json         the GPTConfig
+      model.safetensors   the weights (of the unwrapped module: no `_orig_mod.` or `module.` prefixes)
+      metadata.json       format version, created_at (UTC), embergpt version, git commit, model kind and shape,
+                          parameter count, tokenizer {kind, vocab_size, sha256}, sha256 of every file, and what the
+                          caller adds (training config, step, metrics, interrupted)
+      tokenizer.json      a copy of the tokenizer, so the directory is self-contained
+      <name>.safetensors  optional extra tensors (optimizer state, RNG states) for resuming
+      <name>.json         optional extra JSON (sampler state, optimizer skeleton)
+
+A save writes everything into a hidden temporary directory beside the target, fsyncs it, then renames it into
+place; the previous checkpoint is moved aside first and removed last, and a load finding only that backup restores
+it. So a crash at any moment leaves either the old or the new checkpoint loadable, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from embergpt.config import GPTConfig
+from embergpt.errors import CheckpointError
+
+FORMAT_VERSION = 1
+REQUIRED_FILES = ("config.json", "model.safetensors", "metadata.json")
+TOKENIZER_FILE = "tokenizer.json"
+_EXTRA_NAME = re.compile(r"[a-z0-9_]+")
+
+
+class Checkpoint(NamedTuple):
+    model: torch.nn.Module
+    config: GPTConfig
+    metadata: dict[str, Any]
+    tokenizer: Any  # embergpt.tokenizer.Tokenizer, or None when the checkpoint has none
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under torch.compile (`_orig_mod`) and DistributedDataParallel (`module`) wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _git_commit() -> str | None:
+    """The commit of the embergpt source tree, when it is a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=2,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _model_kind(model: torch.nn.Module) -> str:
+    return getattr(model, "kind", "gpt")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _backup_path(path: Path) -> Path:
+    return path.parent / f".{path.name}.previous"
+
+
+def _restore_backup(path: Path) -> None:
+    """Finish an interrupted swap: if only the moved-aside previous checkpoint exists, put it back."""
+    backup = _backup_path(path)
+    if backup.is_dir() and not path.exists():
+        os.rename(backup, path)
+
+
+def save_checkpoint(
+    model: torch.nn.Module,
+    path: str | Path,
+    tokenizer: Any = None,
+    metadata: dict[str, Any] | None = None,
+    extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None,
+    extra_json: dict[str, Any] | None = None,
+) -> Path:
+    """Save `model` (unwrapped) with its config, metadata and tokenizer into directory `path`, atomically.
+
+    `metadata` is merged into metadata.json (e.g. train_config, step, metrics). `extra_tensors[name]` is written
+    as `name.safetensors` and `extra_json[name]` as `name.json`; read them back with `read_extra_tensors` and
+    `read_extra_json`.
+    """
+    path = Path(path)
+    model = unwrap_model(model)
+    config: GPTConfig = model.config
+    extra_tensors, extra_json = extra_tensors or {}, extra_json or {}
+    for name in [*extra_tensors, *extra_json]:
+        if not _EXTRA_NAME.fullmatch(name) or name in ("model", "config", "metadata", "tokenizer"):
+            raise ValueError(f"invalid extra checkpoint entry name {name!r}: use [a-z0-9_]+, not a reserved name")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _restore_backup(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        config.save(tmp / "config.json")
+        for name, tensors in extra_tensors.items():
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp / f"{name}.safetensors"))
+        for name, obj in extra_json.items():
+            (tmp / f"{name}.json").write_text(json.dumps(obj))
+        tok_meta = None
+        if tokenizer is not None:
+            tokenizer.save(tmp / TOKENIZER_FILE)
+            tok_meta = {
+                "kind": tokenizer.kind,
+                "vocab_size": tokenizer.vocab_size,
+                "sha256": file_sha256(tmp / TOKENIZER_FILE),
+                "file": TOKENIZER_FILE,
+            }
+        meta: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "embergpt_version": _package_version(),
+            "git_commit": _git_commit(),
+            "model": {"kind": _model_kind(model), **config.to_dict()},
+            "num_params": sum(p.numel() for p in model.parameters()),
+            "tokenizer": tok_meta,
+        }
+        meta.update(metadata or {})
+        meta["files"] = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
+        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+        for p in tmp.iterdir():
+            _fsync(p)
+        _fsync(tmp)
+
+        backup = _backup_path(path)
+        if backup.exists():
+            shutil.rmtree(backup)
+        if path.exists():
+            os.rename(path, backup)
+        os.rename(tmp, path)
+        _fsync(path.parent)
+        shutil.rmtree(backup, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _package_version() -> str:
+    from embergpt import __version__
+
+    return __version__
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path.name}: cannot be read as JSON ({e}); the checkpoint is corrupted") from None
+
+
+def _build_model(kind: str, config: GPTConfig) -> torch.nn.Module:
+    if kind == "gpt":
+        from embergpt.model import GPT
+
+        return GPT(config)
+    try:
+        from embergpt.ladder import LADDER
+    except ImportError:
+        LADDER = {}
+    if kind not in LADDER:
+        raise CheckpointError(f"metadata.json: unknown model kind {kind!r}")
+    return LADDER[kind](config)
+
+
+def _check_shapes(path: Path, names_shapes: dict[str, list[int]], expected: dict[str, torch.Tensor]) -> None:
+    missing = sorted(set(expected) - set(names_shapes))
+    unexpected = sorted(set(names_shapes) - set(expected))
+    if missing:
+        raise CheckpointError(f"{path.name}: missing tensor(s) {', '.join(missing[:5])}")
+    if unexpected:
+        raise CheckpointError(f"{path.name}: unexpected tensor(s) {', '.join(unexpected[:5])}")
+    for name, shape in names_shapes.items():
+        want = list(expected[name].shape)
+        if shape != want:
+            raise CheckpointError(f"{path.name}: tensor {name} has shape {shape}, config expects {want}")
+
+
+def load_checkpoint(
+    path: str | Path,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Checkpoint:
+    """Load and validate a checkpoint directory; returns (model, config, metadata, tokenizer).
+
+    Raises CheckpointError naming the problem: a missing file, an invalid config, a file whose sha256 differs from
+    the metadata (corruption), a tensor whose shape does not match the config, a tokenizer that does not match.
+    The model is put in eval mode on `device` (default cpu), in `dtype` when given.
+    """
+    path = Path(path)
+    _restore_backup(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no checkpoint directory here (pass the directory holding config.json)")
+    for name in REQUIRED_FILES:
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path}: missing {name}; this is not a complete embergpt checkpoint")
+
+    metadata = _read_json(path / "metadata.json")
+    if not isinstance(metadata, dict):
+        raise CheckpointError("metadata.json: expected a JSON object")
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"metadata.json: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
+    try:
+        config = GPTConfig.from_dict(_read_json(path / "config.json"))
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"config.json: {e}") from None
+
+    for name, digest in (metadata.get("files") or {}).items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{path}: missing {name}, listed in metadata.json")
+        if file_sha256(file) != digest:
+            raise CheckpointError(f"{name}: sha256 differs from metadata.json; the file is corrupted or was modified")
+
+    model = _build_model((metadata.get("model") or {}).get("kind", "gpt"), config)
+    weights = path / "model.safetensors"
+    try:
+        with safe_open(str(weights), framework="pt", device="cpu") as f:
+            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+            _check_shapes(weights, shapes, model.state_dict())
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except CheckpointError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for truncated or malformed files
+        raise CheckpointError(f"model.safetensors: cannot be read ({e}); the file is truncated or corrupted") from None
+    model.load_state_dict(state)
+    model.to(device=device or "cpu", dtype=dtype)
+    model.eval()
+
+    tokenizer = None
+    tok_meta = metadata.get("tokenizer")
+    if tok_meta:
+        tok_file = path / tok_meta.get("file", TOKENIZER_FILE)
+        if not tok_file.is_file():
+            raise CheckpointError(f"{path}: missing {tok_file.name}, recorded in metadata.json")
+        if file_sha256(tok_file) != tok_meta.get("sha256"):
+            raise CheckpointError(f"{tok_file.name}: sha256 does not match metadata.json's tokenizer.sha256")
+        from embergpt.tokenizer import load_tokenizer
+
+        try:
+            tokenizer = load_tokenizer(tok_file)
+        except Exception as e:
+            raise CheckpointError(f"{tok_file.name}: {e}") from None
+    return Checkpoint(model, config, metadata, tokenizer)
+
+
+def read_extra_tensors(path: str | Path, name: str) -> dict[str, torch.Tensor]:
+    """Tensors saved with `save_checkpoint(..., extra_tensors={name: ...})`."""
+    file = Path(path) / f"{name}.safetensors"
+    if not file.is_file():
+        raise CheckpointError(f"{Path(path)}: missing {file.name}; this checkpoint cannot be resumed")
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise CheckpointError(f"{file.name}: cannot be read ({e})") from None
+
+
+def read_extra_json(path: str | Path, name: str) -> Any:
+    """JSON saved with `save_checkpoint(..., extra_json={name: ...})`."""
+    file = Path(path) / f"{name}.json"
+    if not file.is_file():
+        raise CheckpointError(f"{Path(path)}: missing {file.name}; this checkpoint cannot be resumed")
+    return _read_json(file)
