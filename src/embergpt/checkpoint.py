@@ -138,7 +138,8 @@ def save_checkpoint(
         save_file(state, str(tmp / "model.safetensors"))
         config.save(tmp / "config.json")
         for name, tensors in extra_tensors.items():
-            save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp / f"{name}.safetensors"))
+            cpu_tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+            save_file(cpu_tensors, str(tmp / f"{name}.safetensors"))
         for name, obj in extra_json.items():
             (tmp / f"{name}.json").write_text(json.dumps(obj))
         tok_meta = None
