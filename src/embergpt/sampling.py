@@ -1,0 +1,165 @@
+"""Sampling the next token from logits: small pure functions and one validated parameter record.
+
+Policies are applied in a fixed order: repetition penalty -> temperature -> top-k -> top-p -> min-p, then one
+draw from the softmax with an (optionally seeded) `torch.Generator`. Temperature 0 means greedy (argmax).
+
+Filtering functions take logits [B, V] and return new logits of the same shape where the dropped tokens are
+-inf; they never modify their input.
+
+For batches whose rows want different policies or seeds (the server's continuous batching), `sample_next_token`
+also accepts one SamplingParams and/or one generator per row; each row is then sampled on its own, so a seeded
+request draws the same tokens whether it runs alone or inside a batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick the next token.
+
+    temperature: 0 = greedy; > 0 divides the logits (lower = sharper).
+    top_k: keep the k most likely tokens (None or 0 = off).
+    top_p: keep the smallest set of most likely tokens whose probability mass is >= top_p (None or 1 = off).
+    min_p: keep tokens whose probability is >= min_p * the top token's probability (None or 0 = off).
+    repetition_penalty: > 1 discourages tokens already seen (CTRL-style: positive logits divided, negative
+        multiplied); 1 = off.
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
+        k = self.top_k
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+            raise ValueError(f"top_k must be None or an integer >= 0 (0 = off), got {k!r}")
+        p = self.top_p
+        if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0):
+            raise ValueError(f"top_p must be None or a number in (0, 1], got {p!r}")
+        m = self.min_p
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m <= 1.0):
+            raise ValueError(f"min_p must be None or a number in [0, 1], got {m!r}")
+        r = self.repetition_penalty
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
+            raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = off), got {r!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def apply_repetition_penalty(logits: torch.Tensor, prev_tokens: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Penalize every token id that occurs in prev_tokens [B, T] (negative ids = padding, ignored).
+
+    logits [B, V] -> [B, V]: positive logits of seen tokens are divided by `penalty`, negative ones multiplied.
+    """
+    if penalty == 1.0 or prev_tokens.numel() == 0:
+        return logits
+    prev = prev_tokens.to(logits.device).long()
+    valid = (prev >= 0).to(logits.dtype)
+    # scatter_add (not scatter) so padding mapped to id 0 can never overwrite a real occurrence of id 0
+    seen = torch.zeros_like(logits).scatter_add_(1, prev.clamp(min=0), valid) > 0
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits [B, V] / temperature (temperature > 0; greedy is handled by the caller)."""
+    if temperature <= 0:
+        raise ValueError(f"apply_temperature needs temperature > 0, got {temperature!r}; use argmax for greedy")
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def apply_top_k(logits: torch.Tensor, k: int | None) -> torch.Tensor:
+    """Keep exactly the k largest logits per row of [B, V] (ties broken by index); the rest become -inf."""
+    if not k or k >= logits.size(-1):
+        return logits
+    values, indices = torch.topk(logits, k, dim=-1)
+    # scatter the kept values rather than comparing with the k-th value, so ties cannot keep more than k
+    return torch.full_like(logits, float("-inf")).scatter_(-1, indices, values)
+
+
+def apply_top_p(logits: torch.Tensor, p: float | None) -> torch.Tensor:
+    """Nucleus filtering of logits [B, V]: keep the smallest set of most likely tokens whose mass is >= p."""
+    if p is None or p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.float().softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
+    drop_sorted = mass_before >= p  # once the mass already reaches p, every further token is dropped
+    drop_sorted[..., 0] = False  # the most likely token always stays
+    drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def apply_min_p(logits: torch.Tensor, min_p: float | None) -> torch.Tensor:
+    """Keep tokens of logits [B, V] whose probability is >= min_p * the row's largest probability."""
+    if not min_p:
+        return logits
+    # p_i >= min_p * p_max  <=>  logit_i >= logit_max + log(min_p): no softmax needed
+    threshold = logits.max(dim=-1, keepdim=True).values + math.log(min_p)
+    return logits.masked_fill(logits < threshold, float("-inf"))
+
+
+def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """temperature -> top-k -> top-p -> min-p on logits [B, V] (temperature must be > 0)."""
+    logits = apply_temperature(logits, params.temperature)
+    logits = apply_top_k(logits, params.top_k)
+    logits = apply_top_p(logits, params.top_p)
+    return apply_min_p(logits, params.min_p)
+
+
+def _sample_rows(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None,
+    prev_tokens: torch.Tensor | None,
+) -> torch.Tensor:
+    if prev_tokens is not None:
+        logits = apply_repetition_penalty(logits, prev_tokens, params.repetition_penalty)
+    if params.greedy:
+        return logits.argmax(dim=-1)
+    probs = filter_logits(logits.float(), params).softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    params: SamplingParams | Sequence[SamplingParams],
+    generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
+    prev_tokens: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Pick one token per row: logits [B, V] -> LongTensor [B] (on the logits' device).
+
+    params / generator may be one for the whole batch, or a sequence of B (one per row: rows are then sampled
+    one by one). prev_tokens [B, T] (negative = padding) feeds the repetition penalty. The generator must live
+    on the logits' device. No host synchronization happens here.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"sample_next_token expects logits [B, V], got shape {tuple(logits.shape)}")
+    B = logits.size(0)
+    per_row_params = not isinstance(params, SamplingParams)
+    per_row_gen = generator is not None and not isinstance(generator, torch.Generator)
+    if not per_row_params and not per_row_gen:
+        return _sample_rows(logits, params, generator, prev_tokens)  # type: ignore[arg-type]
+    params_list = list(params) if per_row_params else [params] * B  # type: ignore[arg-type,list-item]
+    gens = list(generator) if per_row_gen else [generator] * B  # type: ignore[arg-type,list-item]
+    if len(params_list) != B or len(gens) != B:
+        raise ValueError(f"need one SamplingParams/generator per row: batch {B}, got {len(params_list)}/{len(gens)}")
+    rows = []
+    for b in range(B):
+        prev = None if prev_tokens is None else prev_tokens[b : b + 1]
+        rows.append(_sample_rows(logits[b : b + 1], params_list[b], gens[b], prev))
+    return torch.cat(rows)
