@@ -23,6 +23,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _import_optional(name: str):
+    """Import a command module; None if that module itself does not exist (a verb not built yet)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name == name:
+            return None
+        raise
+
+
 def build_parser() -> argparse.ArgumentParser:
     from embergpt import __version__
 
@@ -30,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"embergpt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for verb, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(f"embergpt.commands.{module_name}")
+        module = _import_optional(f"embergpt.commands.{module_name}")
+        if module is None:
+            continue
         p = sub.add_parser(verb, help=help_text, description=help_text)
         module.add_arguments(p)
         p.set_defaults(_module=module)

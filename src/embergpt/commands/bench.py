@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
+
+from embergpt.cli import _import_optional
 
 BENCHMARKS: dict[str, str] = {
     "tokenizer": "tokenizer training time and encoding throughput",
@@ -18,7 +19,9 @@ BENCHMARKS: dict[str, str] = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench_name", metavar="NAME", required=True)
     for name, help_text in BENCHMARKS.items():
-        module = importlib.import_module(f"embergpt.bench.{name}")
+        module = _import_optional(f"embergpt.bench.{name}")
+        if module is None:
+            continue
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--json", action="store_true", help="print only the JSON result")
         module.add_arguments(p)
