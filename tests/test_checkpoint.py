@@ -135,7 +135,8 @@ def test_shape_mismatch_names_the_tensor(saved, tmp_path):
     meta = json.loads((saved / "metadata.json").read_text())
     meta["files"].pop("model.safetensors")
     (saved / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match=r"tensor transformer.h.0.attn.c_q.weight has shape \[64, 64\], config expects \[32, 32\]"):
+    expected = r"tensor transformer.h.0.attn.c_q.weight has shape \[64, 64\], config expects \[32, 32\]"
+    with pytest.raises(CheckpointError, match=expected):
         load_checkpoint(saved)
 
 

@@ -13,7 +13,8 @@ from embergpt.model import GPT, apply_rotary, rotary_tables
 def make_model(seed=0, **changes):
     """A tiny model with every weight random (the real init zeroes output projections, hiding bugs)."""
     torch.manual_seed(seed)
-    config = GPTConfig(**{**dict(vocab_size=50, sequence_len=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32), **changes})
+    base = dict(vocab_size=50, sequence_len=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
+    config = GPTConfig(**{**base, **changes})
     model = GPT(config)
     with torch.no_grad():
         for p in model.parameters():
