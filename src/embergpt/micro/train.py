@@ -1,0 +1,129 @@
+"""Training the micro GPT on a list of documents, then sampling from it.
+
+One step = one document (one name): wrap it in BOS, run the model over its positions with a fresh KV cache,
+average the next-token cross-entropy over those positions, backpropagate through the whole graph of scalars,
+and take one Adam step. The learning rate decays linearly from `lr` to 0 over the run.
+
+Everything random (the order of the documents, the initial weights, the sampled names) comes from one
+`random.Random(seed)`, in that order, so a seed fixes the whole run.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from embergpt.micro.engine import Value, sum_values
+from embergpt.micro.model import MicroConfig, Params, cross_entropy, empty_kv_cache, forward, init_params, parameters
+from embergpt.micro.optim import Adam
+from embergpt.micro.sampling import sample_names
+from embergpt.micro.tokenizer import CharTokenizer
+
+
+@dataclass(frozen=True)
+class MicroSettings:
+    """Every knob of a micro run. The defaults train the 4192-parameter model on names for 1000 steps."""
+
+    steps: int = 1000
+    n_layer: int = 1
+    n_embd: int = 16
+    n_head: int = 4
+    block_size: int = 16
+    lr: float = 0.01
+    betas: tuple[float, float] = (0.85, 0.99)
+    eps: float = 1e-8
+    temperature: float = 0.5
+    samples: int = 20
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps <= 0:
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+        if not isinstance(self.samples, int) or self.samples < 0:
+            raise ValueError(f"samples must be a non-negative integer, got {self.samples!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature!r}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must lie in [0, 1), got {self.betas!r}")
+        # the shape is checked by MicroConfig itself, with a placeholder vocabulary
+        self.model_config(vocab_size=1)
+
+    def model_config(self, vocab_size: int) -> MicroConfig:
+        return MicroConfig(
+            vocab_size=vocab_size,
+            n_layer=self.n_layer,
+            n_embd=self.n_embd,
+            n_head=self.n_head,
+            block_size=self.block_size,
+        )
+
+
+@dataclass
+class MicroRun:
+    """A run in progress or finished: the model, the loss of every step so far, and the samples at the end."""
+
+    settings: MicroSettings
+    num_docs: int
+    tokenizer: CharTokenizer
+    config: MicroConfig
+    params: Params
+    losses: list[float] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
+
+    @property
+    def num_params(self) -> int:
+        return sum(len(row) for matrix in self.params.values() for row in matrix)
+
+    def mean_loss(self, last: int = 100) -> float:
+        """The mean loss of the last `last` steps (of all of them, if fewer)."""
+        window = self.losses[-last:]
+        return sum(window) / len(window)
+
+
+def document_loss(params: Params, config: MicroConfig, tokens: Sequence[int]) -> Value:
+    """Mean next-token cross-entropy over one tokenized document (BOS ... BOS), at most block_size positions."""
+    n = min(config.block_size, len(tokens) - 1)
+    if n < 1:
+        raise ValueError("a document needs at least two tokens (BOS on both sides)")
+    cache = empty_kv_cache(config)
+    losses = [cross_entropy(forward(params, config, tokens[pos], pos, cache), tokens[pos + 1]) for pos in range(n)]
+    return sum_values(losses) * (1.0 / n)
+
+
+def train_and_sample(
+    docs: Sequence[str],
+    settings: MicroSettings | None = None,
+    on_start: Callable[[MicroRun], None] | None = None,
+    on_step: Callable[[MicroRun], None] | None = None,
+) -> MicroRun:
+    """Train a micro GPT on `docs` (one document per string), then sample `settings.samples` names.
+
+    `on_start(run)` is called once the model exists, before the first step; `on_step(run)` after each step
+    (`len(run.losses)` is the number of steps done, `run.losses[-1]` the latest loss).
+    """
+    settings = settings or MicroSettings()
+    docs = [d for d in docs if d]
+    if not docs:
+        raise ValueError("no documents to train on: the text has no non-empty lines")
+    rng = random.Random(settings.seed)
+    rng.shuffle(docs)
+    tokenizer = CharTokenizer.from_docs(docs)
+    config = settings.model_config(tokenizer.vocab_size)
+    run = MicroRun(settings, len(docs), tokenizer, config, init_params(config, rng))
+    if on_start is not None:
+        on_start(run)
+
+    optimizer = Adam(parameters(run.params), lr=settings.lr, betas=settings.betas, eps=settings.eps)
+    for step in range(settings.steps):
+        loss = document_loss(run.params, config, tokenizer.encode_doc(docs[step % len(docs)]))
+        loss.backward()
+        optimizer.step(lr=settings.lr * (1.0 - step / settings.steps))
+        run.losses.append(loss.data)
+        if on_step is not None:
+            on_step(run)
+
+    run.samples = sample_names(run.params, config, tokenizer, rng, settings.temperature, settings.samples)
+    return run
