@@ -13,10 +13,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-embd", type=int, default=16, help="embedding width (default 16)")
     parser.add_argument("--n-head", type=int, default=4, help="attention heads; must divide --n-embd (default 4)")
     parser.add_argument("--block-size", type=int, default=16, help="longest context in tokens (default 16)")
-    parser.add_argument("--lr", type=float, default=0.01, help="Adam learning rate, decayed linearly to 0 (default 0.01)")
+    parser.add_argument("--lr", type=float, default=0.01, help="Adam learning rate, decays to 0 (default 0.01)")
     parser.add_argument("--temperature", type=float, default=0.5, help="sampling temperature (default 0.5)")
     parser.add_argument("--samples", type=int, default=20, help="names to sample after training (default 20)")
-    parser.add_argument("--seed", type=int, default=42, help="seeds the shuffle, the weights and the samples (default 42)")
+    parser.add_argument("--seed", type=int, default=42, help="seeds the shuffle, weights and samples (default 42)")
     parser.add_argument(
         "--data",
         default="builtin:names",

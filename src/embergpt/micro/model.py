@@ -53,8 +53,8 @@ class MicroConfig:
 def init_params(config: MicroConfig, rng: random.Random, std: float = 0.08) -> Params:
     """All weights, named like a PyTorch state dict, drawn from N(0, std**2).
 
-    wte (vocab, n_embd), wpe (block_size, n_embd), lm_head (vocab, n_embd), and per layer i:
-    layer{i}.attn_wq/wk/wv/wo (n_embd, n_embd), layer{i}.mlp_fc1 (4 n_embd, n_embd), layer{i}.mlp_fc2 (n_embd, 4 n_embd).
+    Shapes (rows, columns): wte (vocab, n_embd), wpe (block_size, n_embd), lm_head (vocab, n_embd), and per layer i:
+    layer{i}.attn_wq/wk/wv/wo (n_embd, n_embd), layer{i}.mlp_fc1 (4 n_embd, n_embd), layer{i}.mlp_fc2 (n_embd, 4 n_embd)
     """
 
     def matrix(n_out: int, n_in: int) -> Matrix:
