@@ -302,3 +302,18 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, args, expected):
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
     assert out.stderr.startswith("embergpt tokenizer: error: ") and expected in out.stderr
     assert not (tmp_path / "t.json").exists()
+
+
+def test_tokenizer_benchmark_agrees_with_its_baselines(tmp_path):
+    """The benchmark's own cross-checks (no timing assertions): chunked training finds the same merges as one
+    piece, and parallel piece-wise encoding the same ids as tiktoken on the whole text and as rustbpe."""
+    import argparse
+
+    from embergpt.bench import tokenizer as bench
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(load_text("builtin:shakespeare")[:150_000])
+    result = bench.run(argparse.Namespace(input=str(corpus), vocab_size=600, repeats=1))
+    assert result["same_merges_as_baseline"] and result["ids_agree"]
+    assert result["vocab_size"] == 600 and set(result["goal_met"]) == {"train_le_3s", "encode_ge_10_mb_per_s"}
+    json.dumps(result)

@@ -1,0 +1,100 @@
+"""`embergpt bench tokenizer`: BPE training time and encoding throughput, with same-run baselines.
+
+- training: `BPETokenizer.train` (text cut at safe boundaries so rustbpe can count pieces in parallel) against
+  rustbpe fed the text as one string;
+- encoding: tiktoken on the whole text in one thread, and in parallel over safe pieces (what `TokenDataset`
+  does), against rustbpe's own `encode` of the same merges.
+
+Medians over `--repeats` runs; MB are 10^6 bytes of UTF-8. Goals on a 2-core machine: training <= 3 s and
+parallel encoding >= 10 MB/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+TRAIN_GOAL_SECONDS = 3.0
+ENCODE_GOAL_MB_PER_S = 10.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", default="builtin:shakespeare", metavar="SOURCE", help="text to train/encode on")
+    parser.add_argument("--vocab-size", type=int, default=4096, metavar="N", help="BPE vocabulary (default 4096)")
+    parser.add_argument("--repeats", type=int, default=5, metavar="N", help="runs per measurement (median)")
+
+
+def _median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import rustbpe
+    import tiktoken
+
+    from embergpt.data import load_text
+    from embergpt.tokenizer import BPETokenizer
+    from embergpt.tokenizer.base import CHAT_SPECIAL_TOKENS
+    from embergpt.tokenizer.bpe import GPT4_SPLIT_PATTERN, cut_at_safe_boundaries
+
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
+    text = load_text(args.input)
+    n_bytes = len(text.encode("utf-8"))
+    threads = os.cpu_count() or 1
+
+    train_s, tok = _median_seconds(lambda: BPETokenizer.train(text, args.vocab_size), args.repeats)
+
+    def train_whole() -> Any:
+        ref = rustbpe.Tokenizer()
+        ref.train_from_iterator(iter([text]), args.vocab_size - len(CHAT_SPECIAL_TOKENS), pattern=GPT4_SPLIT_PATTERN)
+        return ref
+
+    baseline_train_s, ref = _median_seconds(train_whole, args.repeats)
+
+    enc = tok._enc  # the tiktoken.Encoding itself: measure the library, not our thin wrapper
+    pieces = cut_at_safe_boundaries(text, max(1, len(text) // (4 * threads)))
+    single_s, whole_ids = _median_seconds(lambda: enc.encode_ordinary(text), args.repeats)
+    batch_s, batch_ids = _median_seconds(lambda: enc.encode_ordinary_batch(pieces, num_threads=threads), args.repeats)
+    rust_s, rust_ids = _median_seconds(lambda: ref.encode(text), args.repeats)
+
+    def mb_s(seconds: float) -> float:
+        return round(n_bytes / seconds / 1e6, 2)
+
+    encode_mb_s = mb_s(batch_s)
+    return {
+        "benchmark": "tokenizer",
+        "input": args.input,
+        "text_bytes": n_bytes,
+        "vocab_size": tok.vocab_size,
+        "repeats": args.repeats,
+        "cpu_count": threads,
+        "machine": platform.machine(),
+        "tiktoken_version": tiktoken.__version__,
+        "train_seconds": round(train_s, 3),
+        "train_baseline_seconds": round(baseline_train_s, 3),
+        "train_speedup_vs_one_piece": round(baseline_train_s / train_s, 2),
+        "same_merges_as_baseline": [bytes(b) for b, _ in sorted(ref.get_mergeable_ranks(), key=lambda x: x[1])]
+        == tok.ranks,
+        "bytes_per_token": round(n_bytes / len(whole_ids), 3),
+        "encode_mb_per_s": encode_mb_s,
+        "encode_single_thread_mb_per_s": mb_s(single_s),
+        "encode_rustbpe_baseline_mb_per_s": mb_s(rust_s),
+        "encode_speedup_vs_rustbpe": round(rust_s / batch_s, 2),
+        "encode_pieces": len(pieces),
+        "ids_agree": [i for p in batch_ids for i in p] == whole_ids == rust_ids,
+        "goal_met": {
+            f"train_le_{TRAIN_GOAL_SECONDS:g}s": train_s <= TRAIN_GOAL_SECONDS,
+            f"encode_ge_{ENCODE_GOAL_MB_PER_S:g}_mb_per_s": encode_mb_s >= ENCODE_GOAL_MB_PER_S,
+        },
+    }
