@@ -10,8 +10,10 @@ Everything random (the order of the documents, the initial weights, the sampled 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from embergpt.micro.engine import Value, sum_values
@@ -83,6 +85,23 @@ class MicroRun:
         return sum(window) / len(window)
 
 
+@contextlib.contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Pause Python's cycle collector for the block, then restore it.
+
+    A step builds thousands of Values and drops them all when the next step starts. The graph has no reference
+    cycles (a node points only to its children), so reference counting frees it at once; the cycle collector
+    would only rescan these short-lived objects again and again, which costs 15-30% of the training time.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def document_loss(params: Params, config: MicroConfig, tokens: Sequence[int]) -> Value:
     """Mean next-token cross-entropy over one tokenized document (BOS ... BOS), at most block_size positions."""
     n = min(config.block_size, len(tokens) - 1)
@@ -117,13 +136,14 @@ def train_and_sample(
         on_start(run)
 
     optimizer = Adam(parameters(run.params), lr=settings.lr, betas=settings.betas, eps=settings.eps)
-    for step in range(settings.steps):
-        loss = document_loss(run.params, config, tokenizer.encode_doc(docs[step % len(docs)]))
-        loss.backward()
-        optimizer.step(lr=settings.lr * (1.0 - step / settings.steps))
-        run.losses.append(loss.data)
-        if on_step is not None:
-            on_step(run)
+    with cyclic_gc_paused():
+        for step in range(settings.steps):
+            loss = document_loss(run.params, config, tokenizer.encode_doc(docs[step % len(docs)]))
+            loss.backward()
+            optimizer.step(lr=settings.lr * (1.0 - step / settings.steps))
+            run.losses.append(loss.data)
+            if on_step is not None:
+                on_step(run)
 
     run.samples = sample_names(run.params, config, tokenizer, rng, settings.temperature, settings.samples)
     return run
