@@ -7,7 +7,8 @@ It serves two things:
   "partial"}` and its refusal of `length > 100`.
 
 Failures are scripted per request (`fail_next`): an HTTP status (with a Retry-After, an error body), a malformed
-JSON body, a dropped connection or a truncated body. Every request is recorded in `requests`.
+JSON body, a dropped connection, a truncated body or a stall past the client's timeout.
+Every request is recorded in `requests`.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from typing import Any
 
 @dataclass
 class Failure:
-    """One scripted misbehaviour: `kind` is "status", "malformed", "drop" or "truncate"."""
+    """One scripted misbehaviour: `kind` is "status", "malformed", "drop", "truncate" or "stall" (answer nothing
+    for `delay` seconds, then hang up)."""
 
     kind: str
     status: int = 500
+    delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     path_prefix: str = "/"
@@ -140,6 +143,9 @@ def _make_handler(remote: FakeRemote) -> type[BaseHTTPRequestHandler]:
             elif failure.kind == "drop":
                 self.close_connection = True
                 self.connection.close()
+            elif failure.kind == "stall":
+                time.sleep(failure.delay)
+                self.close_connection = True
             elif failure.kind == "truncate":
                 body = remote.files.get(path, b"partial body")
                 self._send(200, body[: len(body) // 2], length=len(body) + 10)

@@ -132,6 +132,14 @@ def test_transient_failures_are_retried_with_exponential_backoff(remote, env, fa
     assert env == pytest.approx([0.01, 0.02, 0.04])
 
 
+def test_a_stalled_request_times_out_and_is_retried(remote, monkeypatch):
+    monkeypatch.setenv("EMBERGPT_HTTP_TIMEOUT", "0.2")
+    url = remote.add_file("/slow.txt", b"eventually")
+    remote.fail_next(1, Failure("stall", delay=1.0))
+    assert load_text(url) == "eventually"
+    assert len(remote.requests_to("/slow.txt")) == 2
+
+
 def test_retry_after_is_honoured(remote, env):
     url = remote.add_file("/t.txt", b"text")
     remote.fail_next(1, Failure("status", 429, headers={"Retry-After": "7"}))
@@ -268,3 +276,25 @@ def test_bad_retry_settings_are_reported(monkeypatch):
     monkeypatch.setenv("EMBERGPT_RETRY_ATTEMPTS", "lots")
     with pytest.raises(DataError, match="EMBERGPT_RETRY_ATTEMPTS"):
         load_text("https://127.0.0.1:9/x.txt")
+
+
+def test_cli_reports_a_failing_server_in_one_line(remote, tmp_path):
+    """Through the real CLI: a server that keeps answering 500 ends in exit code 2 and one line, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    url = remote.add_file("/corpus.txt", b"text")
+    remote.fail_next(100, Failure("status", 500))
+    env = {**os.environ, "EMBERGPT_RETRY_BASE_SECONDS": "0", "EMBERGPT_RETRY_ATTEMPTS": "3"}
+    out = subprocess.run(
+        [sys.executable, "-m", "embergpt", "tokenizer", "train", "--input", url, "--output", "t.json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr and out.stderr.count("\n") == 1
+    assert "HTTP 500" in out.stderr and "after 3 attempts" in out.stderr
+    assert len(remote.requests_to("/corpus.txt")) == 3
