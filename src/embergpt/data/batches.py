@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -140,10 +141,14 @@ class TokenDataset:
             else:
                 ids, offsets = _encode_documents(split_documents(text), tokenizer)
             if cache:
-                folder.mkdir(parents=True, exist_ok=True)
-                if offsets is not None:
-                    _save_npy(offsets_path, offsets)
-                _save_npy(ids_path, ids)  # written last: its presence means the entry is complete
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    if offsets is not None:
+                        _save_npy(offsets_path, offsets)
+                    _save_npy(ids_path, ids)  # written last: its presence means the entry is complete
+                except OSError as e:
+                    # The ids in memory are right; only the next run pays for the missing cache.
+                    warnings.warn(f"could not write the token cache in {folder} ({e})", stacklevel=2)
         assert ids is not None
         if len(ids) == 0:
             raise DataError("the corpus tokenised to no tokens; use a non-empty text source")

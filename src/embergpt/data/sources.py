@@ -480,6 +480,7 @@ def _load_hf(source: str) -> str:
             params.update(offset=str(pos), length=str(length))
             url = f"{endpoint}/rows?{urllib.parse.urlencode(params)}"
             rows, total = _page_rows(_fetch_json(url, source, policy, scratch), source, url)
+            rows = rows[:length]  # never more than asked for, whatever the server sends
             for row in rows:
                 if spec.column not in row:
                     columns = ", ".join(sorted(map(str, row))) or "none"
