@@ -1,0 +1,49 @@
+"""`embergpt serve`: serve a checkpoint over HTTP (web UI, JSON API, OpenAI-compatible API)."""
+
+from __future__ import annotations
+
+import argparse
+
+# flag -> (type, help); the names, env vars and defaults live in embergpt.serve.settings
+_LIMITS: dict[str, tuple[type, str]] = {
+    "max_prompt_bytes": (int, "largest prompt in UTF-8 bytes (default 8192); the body may be 4 KiB more"),
+    "max_output_tokens": (int, "largest max_tokens a request may ask for (default 512)"),
+    "rate_limit_rps": (float, "requests per second per client IP (default 5; 0 disables rate limiting)"),
+    "rate_limit_burst": (int, "requests a client may make at once before the rate applies (default 10)"),
+    "max_batch": (int, "requests decoded together by continuous batching (default 16)"),
+    "max_queue": (int, "requests allowed to wait for a batch slot before 503 server_busy (default 256)"),
+    "max_attention_tokens": (int, "prompt + output tokens above which return_attention is refused (default 256)"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory to serve")
+    src.add_argument("--load-latest", metavar="OUT_DIR", help="serve OUT_DIR/final, else its newest step-*/")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8787, help="port (default 8787; 0 = any free port)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: $EMBERGPT_DEVICE or best)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: by device)")
+    parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    limits = parser.add_argument_group("limits (each also settable as EMBERGPT_<NAME>; the flag wins)")
+    for name, (kind, help_text) in _LIMITS.items():
+        env = "EMBERGPT_" + name.upper()
+        limits.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=f"{help_text} [{env}]")
+
+
+def run(args: argparse.Namespace) -> int:
+    from embergpt.serve.server import serve
+    from embergpt.serve.settings import resolve_settings
+
+    settings = resolve_settings({name: getattr(args, name) for name in _LIMITS})
+    serve(
+        checkpoint=args.checkpoint,
+        load_latest=args.load_latest,
+        host=args.host,
+        port=args.port,
+        settings=settings,
+        device=args.device,
+        dtype=args.dtype,
+        log_level=args.log_level,
+    )
+    return 0

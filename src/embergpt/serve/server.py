@@ -1,0 +1,58 @@
+"""Running the app with uvicorn on a socket bound here, so that `--port 0` can report the port it got."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from embergpt.serve.settings import ServeSettings
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8787
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0 = any free port)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ValueError(f"cannot resolve host {host!r} ({e}); use an IP address such as 127.0.0.1") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(
+    checkpoint: str | Path | None = None,
+    load_latest: str | Path | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    settings: ServeSettings | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    log_level: str = "warning",
+) -> None:
+    """Load a checkpoint and serve it until interrupted. Prints `embergpt serve: listening on http://HOST:PORT`."""
+    import uvicorn
+
+    from embergpt.serve.app import create_app_from_checkpoint
+
+    settings = settings or ServeSettings()
+    sock = bind_socket(host, port)
+    try:
+        app = create_app_from_checkpoint(checkpoint, load_latest, settings, device, dtype)
+        bound = sock.getsockname()
+        shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
+        print(f"embergpt serve: listening on http://{shown}:{bound[1]}", flush=True)
+        config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
