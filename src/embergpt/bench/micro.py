@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "steps_per_s": round(args.steps / seconds, 2),
         "median_step_ms": round(statistics.median(ours["step_seconds"]) * 1000, 3),
         "wall_s_per_1000_steps": round(per_1000, 2),
+        "cpu_s_per_1000_steps": round(ours["cpu_seconds"] / args.steps * 1000, 2),
         "extrapolated_to_1000": args.steps != 1000,
         "final_mean_loss": round(mean_loss, 4),
         "final_mean_loss_window": window,
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else None,
             "peak_rss_mb < 100": ours["peak_rss_mb"] < GOAL_PEAK_RSS_MB,
         },
-        "samples": ours["samples"][:10],
+        "samples": ours["samples"],
         "python": platform.python_version(),
     }
     if args.baseline_steps:
@@ -132,22 +133,27 @@ def _measure_micro(steps: int) -> dict[str, Any]:
     from embergpt.micro import MicroRun, MicroSettings, train_and_sample
 
     step_seconds: list[float] = []
+    cpu_seconds = 0.0
     last = 0.0
 
+    cpu_start = 0.0
+
     def on_start(run: MicroRun) -> None:
-        nonlocal last
-        last = time.perf_counter()
+        nonlocal last, cpu_start
+        last, cpu_start = time.perf_counter(), time.process_time()
 
     def on_step(run: MicroRun) -> None:
-        nonlocal last
+        nonlocal last, cpu_seconds
         now = time.perf_counter()
         step_seconds.append(now - last)
         last = now
+        cpu_seconds = time.process_time() - cpu_start
 
-    run = train_and_sample(_names(), MicroSettings(steps=steps), on_start=on_start, on_step=on_step)
+    run = train_and_sample(_names(), MicroSettings(steps=steps, samples=10), on_start=on_start, on_step=on_step)
     return {
         "params": run.num_params,
         "step_seconds": step_seconds,
+        "cpu_seconds": cpu_seconds,
         "losses": run.losses,
         "samples": run.samples,
         "peak_rss_mb": _peak_rss_mb(),

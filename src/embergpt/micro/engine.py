@@ -11,7 +11,7 @@ during the forward pass. That is the whole trick of reverse-mode autodiff (backp
 `backward()` visits the nodes so that every node has received all of its gradient before it passes it on to
 its children: a reverse topological order of the graph.
 
-Three choices keep this fast while staying pure Python, one float at a time:
+These choices keep it fast while staying pure Python, one float at a time:
 
 * Local gradients are plain numbers computed in the forward pass, not closures that run later.
   The backward pass is then one tight loop over (child, local_grad) pairs.
@@ -20,6 +20,9 @@ Three choices keep this fast while staying pure Python, one float at a time:
   products plus n - 1 additions. A matrix-vector product `linear(x, w)` is one dot node per output.
   Fewer nodes means fewer Python objects to create, sort and visit.
 * `__slots__`: no per-object `__dict__`, so attribute access is quicker and each node is smaller.
+* A cheap topological order: an iterative depth-first search that keeps only interior nodes (leaves such as the
+  weights need no ordering), and a backward loop that skips nodes whose gradient is exactly 0 (behind an inactive
+  ReLU, say), since they would add only zeros.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class Value:
 
     Operators work with a `Value` or a plain number on either side (`x * 2`, `2 * x`, `1 / x`, `2 ** x`).
     A plain number is a constant: it gets no node of its own, only its local gradient is recorded.
+    Values hash and compare by identity, which is what the visited set of `topological_order` needs.
     """
 
     __slots__ = ("data", "grad", "_children", "_local_grads")
@@ -142,8 +146,8 @@ class Value:
 
         An iterative depth-first search: a node is appended once its children are all done (post-order).
         The explicit stack holds (node, iterator over its children), so a 50,000-deep chain needs no recursion.
-        Leaves (parameters, inputs) are left out: they have nobody to pass a gradient on to, and skipping them
-        saves most of the work, as about half of all children (the weights in every dot product) are leaves.
+        Leaves (parameters, inputs) are left out: they have nobody to pass a gradient on to, and about half of all
+        children are leaves (the weights in every dot product), so the visited set and the order stay small.
         """
         order: list[Value] = []
         visited = {self}
