@@ -1,0 +1,181 @@
+"""TrainConfig: every knob of a training run, validated, JSON round-trippable (checkpoints store it for resume)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from embergpt.config import PRESETS, GPTConfig
+
+MODELS = ("gpt", "bigram", "single-head", "multi-head", "compare")
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "linear", "constant")
+DATA_MODES = ("window", "documents", "auto")
+DEFAULT_STEPS = 1000  # when neither steps nor time_budget is given
+DEFAULT_BPE_VOCAB = 4096
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # data and model
+    data: str = "builtin:shakespeare"
+    tokenizer: str = "char"  # char | bpe | a tokenizer file
+    vocab_size: int | None = None  # BPE only (default 4096)
+    data_mode: str = "auto"  # window | documents | auto (documents for one-short-line-per-document corpora)
+    val_fraction: float = 0.1
+    model: str = "gpt"  # gpt | bigram | single-head | multi-head | compare
+    preset: str | None = None  # a name in embergpt.config.PRESETS; None = GPTConfig's defaults
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_kv_head: int | None = None
+    n_embd: int | None = None
+    dropout: float | None = None
+    # batch and schedule
+    batch_size: int = 32  # global sequences per micro-step, split across DDP ranks
+    seq_len: int | None = None  # default: the preset's sequence_len
+    grad_accum: int = 1  # micro-steps per optimizer step
+    steps: int | None = None
+    time_budget: float | None = None  # seconds of training (evaluation, sampling and checkpoints excluded)
+    lr: float | None = None  # adamw: every group (default 3e-3); muon: the hidden matrices (default 0.02)
+    embedding_lr: float | None = None  # muon only: AdamW lr of the embeddings (default 0.2 * (n_embd / 768)^-0.5)
+    unembedding_lr: float | None = None  # muon only: AdamW lr of lm_head (default 0.004 * (n_embd / 768)^-0.5)
+    warmup: int = 0  # linear warm-up steps
+    lr_schedule: str = "cosine"
+    min_lr_frac: float = 0.1  # the schedule decays to lr * min_lr_frac
+    weight_decay: float = 0.0
+    # optimiser and precision
+    optimizer: str = "adamw"
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    dtype: str | None = None  # float32 | bfloat16 | float16; None = bfloat16 on CUDA, float32 elsewhere
+    compile: bool = False
+    # evaluation
+    eval_interval: int = 100  # steps between evaluations; 0 = only at the end
+    eval_steps: int = 20  # validation batches per evaluation
+    sample_interval: int = 0  # print samples every N steps (0 = at each evaluation)
+    sample_tokens: int = 200
+    # run
+    device: str | None = None
+    seed: int = 1337
+    out: str = "runs/train"
+    checkpoint_interval: int = 0  # 0 = only the final (and an interrupted) checkpoint
+    checkpoint_keep: int = 3  # periodic checkpoints kept; 0 = keep all
+    resume: str | None = None
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        _choice("model", self.model, MODELS)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("lr_schedule", self.lr_schedule, SCHEDULES)
+        _choice("data_mode", self.data_mode, DATA_MODES)
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
+        for name in ("batch_size", "grad_accum", "eval_steps", "sample_tokens"):
+            _positive_int(name, getattr(self, name))
+        for name in ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "seq_len", "steps"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        for name in ("warmup", "eval_interval", "sample_interval", "checkpoint_interval", "checkpoint_keep", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        for name in ("lr", "embedding_lr", "unembedding_lr", "time_budget"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if not 0.0 <= self.min_lr_frac <= 1.0:
+            raise ValueError(f"min_lr_frac must be in [0, 1], got {self.min_lr_frac!r}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay and grad_clip must be >= 0")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.tokenizer in ("char", "bpe") or Path(self.tokenizer).suffix == ".json":
+            return
+        raise ValueError(f"tokenizer must be char, bpe or a tokenizer .json file, got {self.tokenizer!r}")
+
+    # ---- derived values
+
+    @property
+    def total_steps(self) -> int | None:
+        """The step budget: `steps`, else DEFAULT_STEPS when there is no time budget either, else None."""
+        if self.steps is not None:
+            return self.steps
+        return None if self.time_budget is not None else DEFAULT_STEPS
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        """The GPTConfig this run trains: the preset (or defaults), the shape flags, the tokenizer's vocab."""
+        base = PRESETS[self.preset] if self.preset else GPTConfig()
+        changes: dict[str, Any] = {"vocab_size": vocab_size}
+        for name in ("n_layer", "n_head", "n_kv_head", "n_embd", "dropout"):
+            if getattr(self, name) is not None:
+                changes[name] = getattr(self, name)
+        if self.seq_len is not None:
+            changes["sequence_len"] = self.seq_len
+        n_head = changes.get("n_head", base.n_head)
+        if self.n_kv_head is None and n_head % base.n_kv_head != 0:
+            changes["n_kv_head"] = n_head  # the preset's grouping does not fit the new head count: plain MHA
+        return base.replace(**changes)
+
+    # ---- serialisation
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown field(s) {', '.join(unknown)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """The config a checkpoint was trained with, set to resume from it (and write beside it), with overrides."""
+        from embergpt.train.checkpoints import stored_train_config
+
+        stored = stored_train_config(path)
+        stored.update(resume=str(path), out=str(Path(path).parent))
+        stored.update(overrides)
+        return cls.from_dict(stored)
+
+
+def _choice(name: str, value: Any, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(options)}, got {value!r}")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def demo_config(**overrides: Any) -> TrainConfig:
+    """`make demo`: char-level Shakespeare on the CPU for a fixed wall-clock budget (a faster machine trains more)."""
+    base = TrainConfig(
+        data="builtin:shakespeare",
+        tokenizer="char",
+        preset="shakespeare-char",
+        optimizer="muon",
+        time_budget=100.0,
+        batch_size=32,
+        lr_schedule="linear",
+        min_lr_frac=0.0,
+        warmup=0,
+        eval_interval=250,
+        eval_steps=20,
+        device="cpu",
+        out="runs/shakespeare",
+        sample_tokens=300,
+    )
+    return base.replace(**overrides)

@@ -1,0 +1,91 @@
+"""Muon: momentum SGD whose update for each 2-D weight is orthogonalised by a Newton–Schulz iteration.
+
+For a weight matrix W with gradient G, one step is
+
+    m  <- beta * m + (1 - beta) * G               momentum, as an exponential moving average
+    u  <- (1 - beta) * G + beta * m   (Nesterov)   or u <- m without Nesterov
+    O  <- newton_schulz(u)                         ~ U V^T where u = U S V^T: every singular value pushed to ~1
+    W  <- W * (1 - lr * wd) - lr * sqrt(max(1, rows / cols)) * O
+
+Orthogonalising equalises the update's directions: rare directions that plain SGD/Adam barely move get the same
+step size as the dominant ones. Only hidden matrices use it; embeddings and the output head stay on AdamW.
+(The method is Keller Jordan's; nanochat and modded-nanogpt train with it.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+# A quintic iteration X <- a X + b (X X^T) X + c (X X^T)^2 X with coefficients picked to push small singular
+# values up fast; it converges to singular values in roughly [0.7, 1.2], not exactly 1, which trains as well.
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+
+
+def newton_schulz(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """An approximately orthogonal matrix with g's singular vectors: g [rows, cols] -> same shape, in g's dtype."""
+    a, b, c = NS_COEFFICIENTS
+    x = g.to(dtype)
+    wide = x.size(0) <= x.size(1)
+    if not wide:
+        x = x.T  # iterate on the side whose Gram matrix x x^T is smaller
+    x = x / (x.norm() + 1e-7)  # spectral norm <= Frobenius norm <= 1: inside the iteration's basin
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    if not wide:
+        x = x.T
+    return x.to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for 2-D parameters. Group keys: lr, momentum, nesterov, weight_decay, ns_steps, ns_dtype (a name)."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
+        ns_steps: int = 5,
+        ns_dtype: str = "bfloat16",
+    ) -> None:
+        if ns_dtype not in _DTYPES:
+            raise ValueError(f"ns_dtype must be one of {', '.join(_DTYPES)}, got {ns_dtype!r}")
+        defaults = dict(
+            lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, ns_steps=ns_steps, ns_dtype=ns_dtype
+        )
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.dim() != 2:
+                    raise ValueError(f"Muon only takes 2-D parameters, got shape {tuple(p.shape)}")
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(g)
+                buf = state["momentum_buffer"]
+                buf.lerp_(g, 1 - beta)
+                u = g.lerp(buf, beta) if group["nesterov"] else buf
+                update = newton_schulz(u, group["ns_steps"], _DTYPES[group["ns_dtype"]])
+                if wd:
+                    p.mul_(1 - lr * wd)
+                # orthogonal updates have RMS ~ 1/sqrt(max dim); the factor keeps tall matrices' steps comparable
+                p.add_(update, alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+        return loss
