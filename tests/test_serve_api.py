@@ -472,3 +472,22 @@ def test_cache_view_writes_land_in_the_base_cache():
         model(ids, kv_cache=full)
     assert base.pos.tolist() == [0, 5, 0]
     assert torch.equal(base.k[:, 1, :, :5], full.k[:, 0, :, :5]) and base.k[:, [0, 2]].abs().sum() == 0
+
+
+def test_a_failing_row_does_not_disturb_the_batch():
+    model = make_model(40, seed=6)
+    scheduler = Scheduler(model, max_batch=4)
+    try:
+        good = ([3, 4, 5], 60, SamplingParams(0.9), 21)
+        solo = scheduler.generate(*good)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            ok = pool.submit(scheduler.generate, *good)
+            time.sleep(0.02)
+            # SamplingParams accepts it, but dividing the logits by it overflows: the row's sampling raises
+            bad = pool.submit(scheduler.generate, [1, 2], 20, SamplingParams(5e-324), 1)
+            with pytest.raises(RuntimeError, match="sampling failed"):
+                bad.result()
+            assert ok.result() == solo
+        assert scheduler.stats()["errors"] == 1
+    finally:
+        scheduler.close()

@@ -80,6 +80,7 @@ class Job:
     pos: int = 0  # tokens in this job's cache row
     generator: torch.Generator | None = None
     submitted_at: float = 0.0
+    error: str | None = None
 
     def cancel(self) -> None:
         """Ask the worker to drop this job at the next step boundary (thread-safe)."""
@@ -289,25 +290,42 @@ class Scheduler:
         self._counts["rows"] += len(jobs)
         self._accept(self._sample(logits, jobs), jobs)
 
-    def _sample(self, logits: torch.Tensor, jobs: list[Job]) -> list[int]:
-        """logits [n, V] -> one token per job, each job with its own params and generator."""
+    def _sample(self, logits: torch.Tensor, jobs: list[Job]) -> list[int | str]:
+        """logits [n, V] -> one token per job, each job with its own params and generator.
+
+        A job whose sampling fails gets an error message instead of a token; the other rows are unaffected.
+        """
         if self.vocab_limit is not None and self.vocab_limit < logits.size(-1):
             logits = logits.clone()
             logits[:, self.vocab_limit :] = float("-inf")
-        params = [j.params for j in jobs]
-        if all(p.greedy and p.repetition_penalty == 1.0 for p in params):
+        plain_greedy = [j.params.greedy and j.params.repetition_penalty == 1.0 for j in jobs]
+        if all(plain_greedy):
             return logits.argmax(dim=-1).tolist()
-        prev = None
-        if any(p.repetition_penalty != 1.0 for p in params):
-            seqs = [j.prompt_ids + j.generated for j in jobs]
-            width = max(len(s) for s in seqs)
-            prev = torch.tensor([s + [-1] * (width - len(s)) for s in seqs], dtype=torch.long, device=self.device)
-        return sample_next_token(logits, params, [j.generator for j in jobs], prev).tolist()
+        out: list[torch.Tensor | str] = []
+        for i, job in enumerate(jobs):
+            row = logits[i : i + 1]
+            if plain_greedy[i]:
+                out.append(row.argmax(dim=-1))
+                continue
+            prev = None
+            if job.params.repetition_penalty != 1.0:
+                prev = torch.tensor([job.prompt_ids + job.generated], dtype=torch.long, device=self.device)
+            try:
+                out.append(sample_next_token(row, job.params, job.generator, prev))
+            except (RuntimeError, ValueError) as e:
+                out.append(f"sampling failed: {e}")
+        tensors = [t for t in out if not isinstance(t, str)]
+        values = iter(torch.cat(tensors).tolist() if tensors else [])  # one host sync for the whole batch
+        return [t if isinstance(t, str) else next(values) for t in out]
 
-    def _accept(self, tokens: list[int], jobs: list[Job]) -> None:
+    def _accept(self, tokens: list[int | str], jobs: list[Job]) -> None:
         """Record each job's new token, report it, and retire the jobs that are done."""
         done: list[tuple[Job, str]] = []
         for job, tok in zip(jobs, tokens):
+            if isinstance(tok, str):
+                job.error = tok
+                done.append((job, "error"))
+                continue
             job.generated.append(tok)
             self._counts["tokens"] += 1
             if tok in job.stop_ids:
@@ -334,6 +352,10 @@ class Scheduler:
 
     def _finish(self, job: Job, reason: str) -> None:
         job.finished = True
+        if reason == "error":
+            self._counts["errors"] += 1
+            self._emit(job, [Event("error", error=job.error)])
+            return
         self._counts["cancelled" if reason == "cancelled" else "completed"] += 1
         attention = None
         if job.return_attention and reason != "cancelled":

@@ -26,7 +26,7 @@ Text = Annotated[str, AfterValidator(_valid_unicode)]
 Temperature = Annotated[float, Field(ge=0.0, le=100.0, allow_inf_nan=False)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
 MinP = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
-RepetitionPenalty = Annotated[float, Field(gt=0.0, le=100.0, allow_inf_nan=False)]
+RepetitionPenalty = Annotated[float, Field(ge=0.01, le=100.0, allow_inf_nan=False)]
 TopK = Annotated[int, Field(ge=0, description="keep the k most likely tokens; 0 or null = off")]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
