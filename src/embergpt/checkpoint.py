@@ -215,8 +215,8 @@ def _check_shapes(path: Path, names_shapes: dict[str, list[int]], expected: dict
         raise CheckpointError(f"{path.name}: missing tensor(s) {', '.join(missing[:5])}")
     if unexpected:
         raise CheckpointError(f"{path.name}: unexpected tensor(s) {', '.join(unexpected[:5])}")
-    for name, shape in names_shapes.items():
-        want = list(expected[name].shape)
+    for name, tensor in expected.items():  # the model's own order: the first mismatch a reader would look for
+        shape, want = names_shapes[name], list(tensor.shape)
         if shape != want:
             raise CheckpointError(f"{path.name}: tensor {name} has shape {shape}, config expects {want}")
 
