@@ -24,8 +24,9 @@ How a call runs:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -62,14 +63,25 @@ class _StepView:
         self.cache = cache
         self.k, self.v, self.pos = cache.k, cache.v, cache.pos
         self.rows = torch.arange(cache.batch_size, device=cache.pos.device)
+        self.layer_ids = list(torch.arange(cache.k.size(0), device=cache.pos.device))
+        self.heads = torch.arange(cache.k.size(2), device=cache.pos.device)
+        # Keys visible this step: no row can see past max_pos, so eager steps attend over cache[:max_pos + 1]
+        # only (time then grows with the position, not with the cache size). None = the whole buffer, the fixed
+        # shape a compiled step needs.
+        self.window: int | None = None
 
     def check_capacity(self, n_new: int) -> None:
         pass  # done by Engine.decode_step before entering the compiled region
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.k[layer, self.rows, :, self.pos] = k[:, :, 0].to(self.k.dtype)
-        self.v[layer, self.rows, :, self.pos] = v[:, :, 0].to(self.v.dtype)
-        return self.k[layer], self.v[layer]
+        # One index_put_ on the whole buffer (all indices tensors, no view first): a compiler can then do it in
+        # place; writing through a view (k[layer][...] = ...) made inductor copy the whole buffer at every step.
+        index = (self.layer_ids[layer], self.rows[:, None], self.heads[None, :], self.pos[:, None])  # -> [B, H]
+        self.k.index_put_(index, k[:, :, 0].to(self.k.dtype))
+        self.v.index_put_(index, v[:, :, 0].to(self.v.dtype))
+        if self.window is None:
+            return self.k[layer], self.v[layer]
+        return self.k[layer, :, :, : self.window], self.v[layer, :, :, : self.window]
 
     def advance(self, n: int) -> None:
         self.pos += n
@@ -229,7 +241,9 @@ class Engine:
         if return_attention:
             logits, attention = self.model(tokens[:, None], kv_cache=cache, return_attention=True)
             return logits[:, -1], attention
-        logits = self._step_fn()(tokens, self._view_of(cache))
+        view = self._view_of(cache)
+        view.window = None if self.compile else cache.max_pos + 1
+        logits = self._step_fn()(tokens, view)
         cache.max_pos += 1  # the view advanced `pos` on the device; keep the host-side bound in step
         return logits
 
@@ -466,3 +480,54 @@ class Engine:
             raise ValueError("generate_text needs a tokenizer: Engine(model, tokenizer)")
         out = self.generate(prompt, max_new_tokens, sampling, seed, stop_tokens, n_samples)
         return [self.tokenizer.decode(ids) for ids in out]
+
+
+def generate_from_checkpoint(
+    checkpoint: str | Path,
+    prompt: str,
+    max_new_tokens: int | None = None,
+    sampling: SamplingParams | None = None,
+    seed: int | None = None,
+    n_samples: int = 1,
+    device: str | None = None,
+    dtype: str | None = None,
+    compile: bool = False,
+    on_text: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Load a checkpoint and continue `prompt`: what `embergpt generate` does. Returns one text per sample.
+
+    max_new_tokens defaults to what fits in the model's context (at most 256). A sample ends early when the model
+    emits the BOS token (the start of a new document). With on_text and n_samples == 1, each piece of text is
+    passed to on_text as soon as it is complete (never half a UTF-8 character); with n_samples > 1 the samples are
+    generated as one batch sharing one prefill, and on_text receives each whole sample.
+    Raises CheckpointError / DeviceError / TokenizerError / ValueError with a one-line message.
+    """
+    from embergpt.checkpoint import load_checkpoint
+    from embergpt.device import resolve_device, resolve_dtype
+    from embergpt.errors import CheckpointError
+
+    target = resolve_device(device)
+    compute_dtype = resolve_dtype(dtype, target)
+    # load in fp32 and let the Engine convert only the weights: the RoPE tables stay fp32
+    model, config, _, tokenizer = load_checkpoint(checkpoint, device=target)
+    if tokenizer is None:
+        raise CheckpointError(f"{checkpoint}: the checkpoint has no tokenizer.json, so a text prompt cannot be encoded")
+    engine = Engine(model, tokenizer, dtype=compute_dtype, compile=compile)
+    ids = engine.encode(prompt)
+    room = config.sequence_len - len(ids)
+    if room <= 0:
+        raise ValueError(f"the prompt is {len(ids)} tokens; the model's context is {config.sequence_len}")
+    if max_new_tokens is None:
+        max_new_tokens = min(256, room)
+    stops = [tokenizer.bos_id]
+    if n_samples == 1 and on_text is not None:
+        pieces = []
+        for piece in engine.stream_text(ids, max_new_tokens, sampling, seed, stops):
+            pieces.append(piece)
+            on_text(piece)
+        return ["".join(pieces)]
+    texts = [tokenizer.decode(t) for t in engine.generate(ids, max_new_tokens, sampling, seed, stops, n_samples)]
+    if on_text is not None:
+        for text in texts:
+            on_text(text)
+    return texts

@@ -1,0 +1,80 @@
+"""`embergpt generate --checkpoint DIR --prompt TEXT`: continue a prompt, streaming the text as it is generated."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint directory (from train)")
+    parser.add_argument("--prompt", required=True, help="the text to continue; '-' reads it from stdin")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="new tokens per sample (default: what fits in the context, at most 256)")
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    parser.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep mass >= p")
+    parser.add_argument("--min-p", type=float, default=None, help="keep tokens with p >= min_p * p_max")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for reproducible samples")
+    parser.add_argument("--n-samples", type=int, default=1, help="samples of the same prompt (one shared prefill)")
+    parser.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
+                        help="print text as it is generated (default; single sample only)")
+    parser.add_argument("--echo", action=argparse.BooleanOptionalAction, default=True,
+                        help="print the prompt before the generated text (default)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: $EMBERGPT_DEVICE or best)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on CUDA, else fp32)")
+    parser.add_argument("--compile", action="store_true", help="compile the decode step (slow start, faster steps)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from embergpt.inference.engine import generate_from_checkpoint
+    from embergpt.sampling import SamplingParams
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if args.n_samples < 1:
+        raise ValueError(f"--n-samples must be >= 1, got {args.n_samples}")
+    if args.max_tokens is not None and args.max_tokens < 0:
+        raise ValueError(f"--max-tokens must be >= 0, got {args.max_tokens}")
+    sampling = SamplingParams(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+    )
+    streaming = args.stream and args.n_samples == 1
+    out = sys.stdout
+
+    def write(text: str) -> None:
+        out.write(text)
+        out.flush()
+
+    if streaming:
+        started = False
+
+        def on_text(piece: str) -> None:
+            nonlocal started
+            if args.echo and not started:
+                write(prompt)
+            started = True
+            write(piece)
+
+        generate_from_checkpoint(
+            args.checkpoint, prompt, args.max_tokens, sampling, args.seed, 1, args.device, args.dtype, args.compile,
+            on_text=on_text,
+        )
+        if not started and args.echo:
+            write(prompt)
+        write("\n")
+        return 0
+
+    texts = generate_from_checkpoint(
+        args.checkpoint, prompt, args.max_tokens, sampling, args.seed, args.n_samples, args.device, args.dtype,
+        args.compile,
+    )
+    for i, text in enumerate(texts):
+        if args.n_samples > 1:
+            write(f"--- sample {i + 1}/{args.n_samples} ---\n")
+        write((prompt if args.echo else "") + text + "\n")
+    return 0
