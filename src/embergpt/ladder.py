@@ -71,6 +71,7 @@ class Bigram(nn.Module):
 
     def forward(self, idx, targets=None, kv_cache=None, return_attention=False):  # type: ignore[no-untyped-def]
         _no_cache(kv_cache)
+        _check_length(idx.size(1), self.config)  # no positions here, but the same contract as the others
         logits = self.transformer.wte(idx)  # (B, T, V)
         return _output(logits, targets, [], return_attention)
 

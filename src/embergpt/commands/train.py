@@ -81,7 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if kind is bool:
             g.add_argument(flag, action="store_true", default=None, help=help_text)
         else:
-            g.add_argument(flag, type=kind, default=None, metavar=flag.lstrip("-").split("-")[-1].upper(), help=help_text)
+            metavar = flag.lstrip("-").split("-")[-1].upper()
+            g.add_argument(flag, type=kind, default=None, metavar=metavar, help=help_text)
 
 
 def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:

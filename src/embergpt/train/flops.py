@@ -7,6 +7,7 @@ quick measurement of a large matmul in the training dtype (CPU, and GPUs missing
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -66,8 +67,9 @@ def measure_matmul_flops(
     return best
 
 
+@functools.lru_cache(maxsize=8)
 def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
-    """(peak FLOP/s, where the figure comes from) for matmuls in `dtype` on `device`."""
+    """(peak FLOP/s, where the figure comes from) for matmuls in `dtype` on `device`; measured once per process."""
     device = torch.device(device)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)

@@ -250,7 +250,7 @@ def run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
 
     def print_samples() -> None:
         nonlocal samples
-        if not main:
+        if not (main and cfg.verbose):
             return
         with amp():
             samples = generate_samples(
@@ -382,8 +382,10 @@ def run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
             checkpoint = save(out / interrupted_name(state.step), interrupted=True)
             if main:
                 plot_losses(metrics.records, out / "loss.png", title=f"{kind} on {cfg.data}")
-                say(f"interrupted at step {state.step}: saved {checkpoint}")
-                say(f"continue with: embergpt train --resume {checkpoint}")
+                bar.clear()
+                # printed even when quiet: the one thing a user must know after an interrupt
+                print(f"interrupted at step {state.step}: saved {checkpoint}", flush=True)
+                print(f"resume with: embergpt train --resume {checkpoint}", flush=True)
         else:
             if state.step > 0 or cfg.eval_interval == 0:
                 run_eval()

@@ -91,7 +91,10 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Opt
         )
     ]
     if roles["matrix"]:
-        muon = Muon(roles["matrix"], lr=cfg.lr if cfg.lr is not None else MUON_LR, weight_decay=wd)
+        # bf16 Newton–Schulz is the fast path on GPUs; CPUs gain little from it and fp32 keeps runs reproducible
+        # across data-parallel layouts (bf16 rounding amplifies last-bit differences in the gradient)
+        ns_dtype = "bfloat16" if roles["matrix"][0].is_cuda else "float32"
+        muon = Muon(roles["matrix"], lr=cfg.lr if cfg.lr is not None else MUON_LR, weight_decay=wd, ns_dtype=ns_dtype)
         for g in muon.param_groups:
             g["name"], g["initial_lr"] = "matrix", g["lr"]
         optimizers.append(muon)
