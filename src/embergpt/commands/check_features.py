@@ -17,11 +17,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"embergpt check-features on {device}")
     checks = run_checks(device)
     section = None
+    width = max(len(c.name) for c in checks)
     for c in checks:
         if c.section != section:
             section = c.section
             print(f"\n[{section}]")
-        print(f"{'PASS' if c.passed else 'FAIL'}  {c.name:<32} {c.detail}")
+        print(f"{'PASS' if c.passed else 'FAIL'}  {c.name:<{width}}  {c.detail}")
     failed = sum(not c.passed for c in checks)
     print(f"\n{len(checks) - failed} passed, {failed} failed")
     return 1 if failed else 0
