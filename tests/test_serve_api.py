@@ -349,11 +349,11 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_latest_checkpoint_prefers_final_then_the_highest_step(tmp_path):
-    for name in ("step-000100", "interrupted-000150", "step-000120"):
+    for name in ("step-000100", "interrupted-step-150", "step-000120"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text("{}")
     (tmp_path / "step-000900").mkdir()  # incomplete: no config.json
-    assert latest_checkpoint(tmp_path).name == "interrupted-000150"
+    assert latest_checkpoint(tmp_path).name == "interrupted-step-150"
     (tmp_path / "final").mkdir()
     (tmp_path / "final" / "config.json").write_text("{}")
     assert latest_checkpoint(tmp_path).name == "final"
@@ -427,7 +427,7 @@ def test_settings_resolution():
     text=st.text(alphabet="abc\nXY:", max_size=40),
     stops=st.lists(st.text(alphabet="abc\nX:", min_size=1, max_size=4), max_size=3),
 )
-def test_stop_strings_cut_the_output_at_the_first_match(text, stops):
+def test_stop_strings_cut_the_output_where_the_first_one_completes(text, stops):
     tok = CharTokenizer.from_text("abc\nXY:")
     out = OutputText(tok, stops)
     emitted = ""
@@ -436,9 +436,14 @@ def test_stop_strings_cut_the_output_at_the_first_match(text, stops):
         if out.stopped:
             break
     emitted += out.finish()
-    cuts = [text.find(s) for s in stops if s in text]
-    assert emitted == (text[: min(cuts)] if cuts else text) == out.text
-    assert out.stopped == bool(cuts)
+    # Generation stops at the first stop string to be completed (the longest, if several end together).
+    found = [(text.find(s) + len(s), text.find(s)) for s in stops if s in text]
+    expected = text
+    if found:
+        end = min(e for e, _ in found)
+        expected = text[: min(start for e, start in found if e == end)]
+    assert emitted == expected == out.text
+    assert out.stopped == bool(found)
 
 
 def test_chat_templates():
@@ -491,3 +496,27 @@ def test_a_failing_row_does_not_disturb_the_batch():
         assert scheduler.stats()["errors"] == 1
     finally:
         scheduler.close()
+
+
+def test_prompts_arriving_together_are_prefilled_in_one_forward():
+    model = make_model(40, seed=7)
+    jobs = [
+        ([1] * 3, 20, SamplingParams(0.0), 0),
+        ([2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], 25, SamplingParams(1.0), 1),
+        ([13], 30, SamplingParams(0.7, top_k=5), 2),
+        ([14, 15, 16, 17, 18], 15, SamplingParams(1.1, top_p=0.8), 3),
+    ]
+    solo = Scheduler(model, max_batch=1)
+    batched = Scheduler(model, max_batch=8, autostart=False)
+    try:
+        alone = [solo.generate(*job) for job in jobs]
+        futures = [batched.generate_async(*job) for job in jobs]  # all queued before the worker starts
+        batched.start()
+        together = [f.result(timeout=60) for f in futures]
+        assert together == alone
+        assert batched.stats()["prefill_forwards"] == 1 and solo.stats()["prefill_forwards"] == len(jobs)
+        with torch.inference_mode():
+            assert together == [reference_generate(model, *job) for job in jobs]
+    finally:
+        solo.close()
+        batched.close()

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8787, help="port (default 8787; 0 = any free port)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: $EMBERGPT_DEVICE or best)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: by device)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads for the model (default: torch's choice)"
+    )
     parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     limits = parser.add_argument_group("limits (each also settable as EMBERGPT_<NAME>; the flag wins)")
     for name, (kind, help_text) in _LIMITS.items():
@@ -36,6 +39,12 @@ def run(args: argparse.Namespace) -> int:
     from embergpt.serve.settings import resolve_settings
 
     settings = resolve_settings({name: getattr(args, name) for name in _LIMITS})
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)  # asked for on the command line: this process is the server
     serve(
         checkpoint=args.checkpoint,
         load_latest=args.load_latest,

@@ -169,7 +169,7 @@ def _add_api_routes(app: FastAPI, service: ModelService) -> None:
     async def run_generate(req: GenerateRequest, request: Request) -> Response:
         spec = _api_spec(service, req)
         service.charge(request)
-        gen = Generation(service.scheduler, service.tokenizer, spec).start()
+        gen = service.generation(spec)
         if req.stream:
             return EventStreamResponse(_api_stream(service, gen))
         try:
@@ -300,7 +300,7 @@ def _add_openai_routes(app: FastAPI, service: ModelService) -> None:
             frozenset({service.tokenizer.bos_id}), _stop_strings(req.stop),
         )  # fmt: skip
         service.charge(request)
-        gen = Generation(service.scheduler, service.tokenizer, spec).start()
+        gen = service.generation(spec)
         rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         if req.stream:
@@ -347,7 +347,7 @@ def _add_openai_routes(app: FastAPI, service: ModelService) -> None:
             rendered.stop_strings + _stop_strings(req.stop),
         )  # fmt: skip
         service.charge(request)
-        gen = Generation(service.scheduler, service.tokenizer, spec).start()
+        gen = service.generation(spec)
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         if req.stream:

@@ -8,6 +8,7 @@ early, for any reason (client gone, stop string, error), cancels the job.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,34 @@ class ClientDisconnected(Exception):
     pass
 
 
+class LoopMailbox:
+    """Hands events from the worker thread to an event loop with one wake-up per batch, not one per job.
+
+    Each decode step reports to every active job; `call_soon_threadsafe` for each would wake the loop (a pipe
+    write) once per job and step. Here the first post of a step schedules a drain, later ones only append.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._items: list[tuple[asyncio.Queue, list[Event]]] = []
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def post(self, target: asyncio.Queue, events: list[Event]) -> None:  # any thread
+        with self._lock:
+            self._items.append((target, events))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:  # the loop's thread
+        with self._lock:
+            items, self._items, self._scheduled = self._items, [], False
+        for target, events in items:
+            target.put_nowait(events)
+
+
 class Generation:
     """gen = Generation(scheduler, tokenizer, spec); gen.start(); async for batch in gen.pieces(): ...
 
@@ -66,9 +95,11 @@ class Generation:
     a Finish. A failed job raises ApiError(500, "generation_failed").
     """
 
-    def __init__(self, scheduler: Scheduler, tokenizer: Any, spec: GenerationSpec) -> None:
+    def __init__(
+        self, scheduler: Scheduler, tokenizer: Any, spec: GenerationSpec, mailbox: LoopMailbox | None = None
+    ) -> None:
         self.scheduler, self.tokenizer, self.spec = scheduler, tokenizer, spec
-        self._loop = asyncio.get_running_loop()
+        self._mailbox = mailbox or LoopMailbox(asyncio.get_running_loop())
         self._queue: asyncio.Queue[list[Event]] = asyncio.Queue()
         self.output = OutputText(tokenizer, spec.stop_strings)
         self.job = Job(
@@ -83,7 +114,7 @@ class Generation:
         self.n_tokens = 0
 
     def _sink(self, events: list[Event]) -> None:  # worker thread
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, events)
+        self._mailbox.post(self._queue, events)
 
     def start(self) -> Generation:
         try:

@@ -8,11 +8,12 @@ from typing import Any
 
 from embergpt.errors import CheckpointError
 
-_RUN_ENTRY = re.compile(r"(step|interrupted)-(\d+)")
+# step-000100 (periodic), interrupted-step-150 (saved on Ctrl-C); interrupted-000150 is accepted too
+_RUN_ENTRY = re.compile(r"(step|interrupted-step|interrupted)-(\d+)")
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path:
-    """OUT/final when it exists, else the step-NNNNNN / interrupted-NNNNNN directory with the highest step
+    """OUT/final when it exists, else the step-NNNNNN / interrupted-step-N directory with the highest step
     (the most recently written one on a tie)."""
     out = Path(out_dir)
     if not out.is_dir():

@@ -3,8 +3,8 @@
 The worker owns a static KV cache of `max_batch` rows (slots). Active requests occupy slots 0..n-1 (kept dense):
 
     loop:
-      admit  - while a slot is free and a request waits: prefill its prompt straight into the free slot (a 1-row
-               view of the cache), sample its first token
+      admit  - take waiting requests while slots are free; prefill their prompts together (right-padded, one
+               forward) straight into the free slots (a view of the cache), sample each one's first token
       decode - one forward of all n active rows, one new token each, every row at its own position
       retire - finished or cancelled rows leave; the last active row moves into the freed slot (copy_row_)
 
@@ -24,6 +24,7 @@ forward over each row's sequence per step.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import queue
 import secrets
@@ -36,9 +37,10 @@ from typing import Any
 import torch
 
 from embergpt.inference.kv_cache import KVCache
-from embergpt.sampling import SamplingParams, sample_next_token
+from embergpt.sampling import SamplingParams, filter_logits, sample_next_token
 
 BUCKET = 64  # cache positions are exposed to a forward in multiples of this
+PREFILL_TOKENS = 2048  # prompts prefilled together, counted right-padded (bounds the [B, T, V] logits)
 
 
 class SchedulerFull(Exception):
@@ -121,6 +123,7 @@ class Scheduler:
         max_batch: int = 16,
         max_queue: int = 256,
         vocab_limit: int | None = None,
+        autostart: bool = True,
     ) -> None:
         self.model = model
         self.config = model.config
@@ -136,9 +139,15 @@ class Scheduler:
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._active: list[Job] = []
         self._closed = False
-        self._counts = dict(submitted=0, completed=0, cancelled=0, errors=0, tokens=0, steps=0, rows=0)
+        self._counts = dict(submitted=0, completed=0, cancelled=0, errors=0, tokens=0, steps=0, rows=0, prefills=0)
         self._thread = threading.Thread(target=self._run, name="embergpt-scheduler", daemon=True)
-        self._thread.start()
+        if autostart:
+            self._thread.start()
+
+    def start(self) -> None:
+        """Start the worker (only needed with autostart=False, e.g. to queue several jobs first)."""
+        if not self._thread.is_alive():
+            self._thread.start()
 
     # ---- public, any thread
 
@@ -161,7 +170,8 @@ class Scheduler:
         self._closed = True
         with contextlib.suppress(queue.Full):
             self._queue.put(None, timeout=timeout)
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     def stats(self) -> dict[str, Any]:
         c = self._counts
@@ -175,8 +185,35 @@ class Scheduler:
             "errors": c["errors"],
             "tokens_generated": c["tokens"],
             "decode_steps": c["steps"],
+            "decode_rows": c["rows"],
+            "prefill_forwards": c["prefills"],
             "mean_batch": round(c["rows"] / c["steps"], 2) if c["steps"] else 0.0,
         }
+
+    def generate_async(
+        self,
+        prompt_ids: list[int],
+        max_tokens: int,
+        params: SamplingParams | None = None,
+        seed: int | None = None,
+        stop_ids: frozenset[int] = frozenset(),
+    ) -> concurrent.futures.Future[list[int]]:
+        """Queue one generation; the future resolves to its generated ids (a stop token included)."""
+        future: concurrent.futures.Future[list[int]] = concurrent.futures.Future()
+
+        def sink(events: list[Event]) -> None:
+            for e in events:
+                if future.done():
+                    return
+                if e.kind == "error":
+                    future.set_exception(RuntimeError(e.error))
+                elif e.kind == "done":
+                    future.set_result(list(job.generated))
+
+        job = Job(list(prompt_ids), max_tokens, params or SamplingParams(), sink, seed, stop_ids)
+        future.add_done_callback(lambda f: job.cancel() if f.cancelled() else None)
+        self.submit(job)
+        return future
 
     def generate(
         self,
@@ -188,22 +225,12 @@ class Scheduler:
         timeout: float | None = None,
     ) -> list[int]:
         """Blocking convenience (notebooks, tests): the generated ids of one job (a stop token included)."""
-        done = threading.Event()
-        events: list[Event] = []
-
-        def sink(evs: list[Event]) -> None:
-            events.extend(evs)
-            if any(e.kind != "token" for e in evs):
-                done.set()
-
-        job = self.submit(Job(list(prompt_ids), max_tokens, params or SamplingParams(), sink, seed, stop_ids))
-        if not done.wait(timeout):
-            job.cancel()
-            raise TimeoutError("generation did not finish in time")
-        errors = [e.error for e in events if e.kind == "error"]
-        if errors:
-            raise RuntimeError(errors[0])
-        return list(job.generated)
+        future = self.generate_async(prompt_ids, max_tokens, params, seed, stop_ids)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError("generation did not finish in time") from None
 
     # ---- worker thread
 
@@ -229,42 +256,75 @@ class Scheduler:
     def _admit(self) -> bool:
         """Move waiting jobs into free slots (blocking while idle); False once close() was called."""
         block = not self._active
-        while len(self._active) < self.max_batch:
+        waiting: list[Job] = []
+        stop = False
+        while len(self._active) + len(waiting) < self.max_batch:
             try:
                 job = self._queue.get(timeout=0.5) if block else self._queue.get_nowait()
             except queue.Empty:
                 if block and not self._closed:
                     continue
-                return not self._closed
+                break
             if job is None:
-                return False
+                stop = True
+                break
             block = False
             if job.cancelled:
                 self._finish(job, "cancelled")
-                continue
+            else:
+                waiting.append(job)
+        for group in self._prefill_groups(waiting):
             try:
-                self._prefill(job)
+                self._prefill(group)
             except Exception as e:
-                self._counts["errors"] += 1
-                job.finished = True
-                self._emit(job, [Event("error", error=f"{type(e).__name__}: {e}")])
-        return True
+                for job in group:
+                    self._counts["errors"] += 1
+                    job.finished = True
+                    self._emit(job, [Event("error", error=f"{type(e).__name__}: {e}")])
+        return not (stop or self._closed)
 
-    def _prefill(self, job: Job) -> None:
-        ids = torch.tensor([job.prompt_ids], dtype=torch.long, device=self.device)
-        seed = job.seed if job.seed is not None else secrets.randbits(63)
-        job.generator = torch.Generator(device=self.device).manual_seed(seed)
-        slot = len(self._active)
+    @staticmethod
+    def _prefill_groups(jobs: list[Job]) -> list[list[Job]]:
+        """Consecutive jobs whose right-padded prompts fit PREFILL_TOKENS together (a long prompt goes alone)."""
+        groups: list[list[Job]] = []
+        width = 0
+        for job in jobs:
+            n = len(job.prompt_ids)
+            if groups and (len(groups[-1]) + 1) * max(width, n) <= PREFILL_TOKENS:
+                groups[-1].append(job)
+                width = max(width, n)
+            else:
+                groups.append([job])
+                width = n
+        return groups
+
+    def _prefill(self, jobs: list[Job]) -> None:
+        """Prefill the prompts of `jobs` in one forward, right-padded, into the next free slots; sample each one's
+        first token. Padding writes garbage to cache positions past a prompt's end, but a query only sees keys up
+        to its own position, and each of those positions is written by a decode step before it is ever read."""
+        lengths = [len(j.prompt_ids) for j in jobs]
+        width = max(lengths)
+        ids = torch.zeros(len(jobs), width, dtype=torch.long)
+        for i, job in enumerate(jobs):
+            ids[i, : lengths[i]] = torch.tensor(job.prompt_ids, dtype=torch.long)
+            seed = job.seed if job.seed is not None else secrets.randbits(63)
+            job.generator = torch.Generator(device=self.device).manual_seed(seed)
+            job.pos = lengths[i]
+        ids = ids.to(self.device)
+        self._counts["prefills"] += 1
+        start = len(self._active)
         if self.cached:
-            self.cache.pos[slot] = 0
-            view = KVCacheView(self.cache, slot, slot + 1, _bucket(len(job.prompt_ids), self.max_len), 0)
-            logits = self.model(ids, kv_cache=view)[:, -1]
+            rows = slice(start, start + len(jobs))
+            self.cache.pos[rows] = 0
+            view = KVCacheView(self.cache, rows.start, rows.stop, _bucket(width, self.max_len), 0)
+            logits = self.model(ids, kv_cache=view)
+            self.cache.pos[rows] = torch.tensor(lengths, device=self.device)
         else:
-            logits = self.model(ids)[:, -1]
-        job.pos = len(job.prompt_ids)
-        tokens = self._sample(logits, [job])
-        self._active.append(job)  # into `slot`: the row just prefilled
-        self._accept(tokens, [job])
+            logits = self.model(ids)
+        last = torch.tensor(lengths, device=self.device) - 1
+        tokens = self._sample(logits[torch.arange(len(jobs), device=self.device), last], jobs)
+        self._active.extend(jobs)  # into the slots just prefilled, in order
+        self._accept(tokens, jobs)
 
     def _decode_step(self) -> None:
         jobs = [j for j in self._active if not j.cancelled]
@@ -301,19 +361,30 @@ class Scheduler:
         plain_greedy = [j.params.greedy and j.params.repetition_penalty == 1.0 for j in jobs]
         if all(plain_greedy):
             return logits.argmax(dim=-1).tolist()
-        out: list[torch.Tensor | str] = []
+        out: list[torch.Tensor | str | None] = [None] * len(jobs)
+        # Rows sharing their params (and no repetition penalty) are filtered and softmaxed together; each then
+        # draws from its own generator, exactly as sample_next_token draws for a single row.
+        groups: dict[SamplingParams, list[int]] = {}
         for i, job in enumerate(jobs):
-            row = logits[i : i + 1]
             if plain_greedy[i]:
-                out.append(row.argmax(dim=-1))
-                continue
-            prev = None
-            if job.params.repetition_penalty != 1.0:
-                prev = torch.tensor([job.prompt_ids + job.generated], dtype=torch.long, device=self.device)
+                out[i] = logits[i : i + 1].argmax(dim=-1)
+            elif job.params.repetition_penalty == 1.0:
+                groups.setdefault(job.params, []).append(i)
+        for params, rows in groups.items():
             try:
-                out.append(sample_next_token(row, job.params, job.generator, prev))
+                probs = filter_logits(logits[rows].float(), params).softmax(dim=-1)
+                for k, i in enumerate(rows):
+                    out[i] = torch.multinomial(probs[k : k + 1], 1, generator=jobs[i].generator).squeeze(-1)
             except (RuntimeError, ValueError) as e:
-                out.append(f"sampling failed: {e}")
+                for i in rows:
+                    out[i] = f"sampling failed: {e}"
+        for i, job in enumerate(jobs):
+            if out[i] is None:  # repetition penalty: the row's own history matters, sample it alone
+                prev = torch.tensor([job.prompt_ids + job.generated], dtype=torch.long, device=self.device)
+                try:
+                    out[i] = sample_next_token(logits[i : i + 1], job.params, job.generator, prev)
+                except (RuntimeError, ValueError) as e:
+                    out[i] = f"sampling failed: {e}"
         tensors = [t for t in out if not isinstance(t, str)]
         values = iter(torch.cat(tensors).tolist() if tensors else [])  # one host sync for the whole batch
         return [t if isinstance(t, str) else next(values) for t in out]

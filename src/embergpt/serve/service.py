@@ -6,6 +6,7 @@ Nothing here exposes a filesystem path: checkpoints are named by their directory
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from starlette.requests import Request
 from embergpt.errors import TokenizerError
 from embergpt.sampling import SamplingParams
 from embergpt.serve.api_errors import ApiError
+from embergpt.serve.generation import Generation, GenerationSpec, LoopMailbox
 from embergpt.serve.rate_limit import TokenBucketLimiter
 from embergpt.serve.scheduler import Scheduler
 from embergpt.serve.settings import ServeSettings
@@ -53,6 +55,7 @@ class ModelService:
         )
         s = self.settings
         self.limiter = TokenBucketLimiter(s.rate_limit_rps, s.rate_limit_burst) if s.rate_limited else None
+        self._mailboxes: dict[asyncio.AbstractEventLoop, LoopMailbox] = {}
         self.started = time.monotonic()
         self.created = int(time.time())
         self.weights_sha256 = self._weights_sha256()
@@ -234,6 +237,14 @@ class ModelService:
                 headers={"Retry-After": str(retry)},
                 retry_after_seconds=round(wait, 3),
             )
+
+    def generation(self, spec: GenerationSpec) -> Generation:
+        """A started Generation of `spec` (to be called on the event loop serving the request)."""
+        loop = asyncio.get_running_loop()
+        mailbox = self._mailboxes.get(loop)
+        if mailbox is None:
+            mailbox = self._mailboxes[loop] = LoopMailbox(loop)
+        return Generation(self.scheduler, self.tokenizer, spec, mailbox).start()
 
     def close(self) -> None:
         self.scheduler.close()
