@@ -218,7 +218,10 @@ class Engine:
             return self._forward_step
         if self._compiled_step is None:
             mode = "reduce-overhead" if self.device.type == "cuda" else None
-            self._compiled_step = torch.compile(self._forward_step, mode=mode, dynamic=False, fullgraph=True)
+            # one graph per (batch, cache length): lengths are bucketed by 64, so a few graphs cover a session
+            self._compiled_step = torch.compile(
+                self._forward_step, mode=mode, dynamic=False, fullgraph=True, recompile_limit=64
+            )
         return self._compiled_step
 
     def _view_of(self, cache: KVCache) -> _StepView:
