@@ -520,3 +520,27 @@ def test_prompts_arriving_together_are_prefilled_in_one_forward():
     finally:
         solo.close()
         batched.close()
+
+
+@pytest.mark.parametrize("kind", ["bigram", "multi-head"])
+def test_ladder_models_are_served_without_a_cache(kind):
+    from embergpt.config import GPTConfig
+    from embergpt.ladder import LADDER
+
+    torch.manual_seed(8)
+    model = LADDER[kind](GPTConfig(vocab_size=30, sequence_len=48, n_layer=1, n_head=2, n_kv_head=2, n_embd=16))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)  # peaked, input-dependent distributions
+    model.eval()
+    scheduler = Scheduler(model, max_batch=4, autostart=False)
+    try:
+        assert scheduler.cache is None
+        jobs = [([1, 2, 3], 20, SamplingParams(0.0), 0), ([4], 30, SamplingParams(1.0), 1)]
+        jobs.append(([5, 6], 10, SamplingParams(0.7), 2))
+        futures = [scheduler.generate_async(*job) for job in jobs]
+        scheduler.start()
+        with torch.inference_mode():
+            assert [f.result(timeout=60) for f in futures] == [reference_generate(model, *job) for job in jobs]
+    finally:
+        scheduler.close()
