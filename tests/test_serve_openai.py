@@ -109,3 +109,7 @@ def test_errors_reach_the_client_as_openai_errors(client, model_id, server_url):
     assert r.status_code == 400 and r.json()["error"] == "invalid_messages"
     r = httpx.post(server_url + "/v1/completions", json={"prompt": "A", "n": 2})
     assert r.status_code == 400 and r.json()["error"] == "unsupported_parameter"
+    r = httpx.post(server_url + "/v1/completions", json={"prompt": "A", "stop": ["a", "b", "c", "d", "e"]})
+    assert r.status_code == 400 and r.json()["error"] == "too_many_stop_strings"
+    r = httpx.post(server_url + "/v1/completions", json={"prompt": "A", "stop": "x" * 257})
+    assert r.status_code == 400 and r.json()["error"] == "stop_string_too_long"

@@ -53,6 +53,7 @@ from embergpt.serve.settings import ServeSettings
 from embergpt.serve.sse import DONE, EventStreamResponse, sse_event
 
 MAX_STOP_STRINGS = 4
+MAX_STOP_LENGTH = 256
 OPENAI_COMPLETION_DEFAULT_MAX_TOKENS = 16  # as OpenAI's /v1/completions
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -253,6 +254,15 @@ def _stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
     stops = [stop] if isinstance(stop, str) else list(stop)
     if len(stops) > MAX_STOP_STRINGS:
         raise ApiError(400, "too_many_stop_strings", f"at most {MAX_STOP_STRINGS} stop strings", max_allowed=4)
+    longest = max((len(s) for s in stops), default=0)
+    if longest > MAX_STOP_LENGTH:  # matching cost grows with the square of the length: bound it
+        raise ApiError(
+            400,
+            "stop_string_too_long",
+            f"stop strings may be at most {MAX_STOP_LENGTH} characters, got {longest}",
+            max_length=MAX_STOP_LENGTH,
+            actual_length=longest,
+        )
     return tuple(s for s in stops if s)
 
 
