@@ -12,12 +12,14 @@ New requests therefore join the running batch at the next step boundary instead 
 Each forward sees only the rows in use and the first `bucket(max position)` cache positions (a view, no copy),
 so a lone request costs a 1-row forward and attention never scans the unused end of the cache.
 
-Every request has its own SamplingParams and its own seeded torch.Generator, and rows are sampled one by one:
-a request draws the same tokens alone or inside a batch (up to float rounding of the batched matmuls; greedy
-requests are identical unless two logits tie within that rounding).
+Every request has its own SamplingParams and its own seeded torch.Generator, and each row draws its token from
+its own generator (rows sharing params are filtered and softmaxed together): a request draws the same tokens alone
+or inside a batch (up to float rounding of the batched matmuls; greedy requests are identical unless two logits tie
+within that rounding).
 
 Results leave the worker through each job's `sink` (called on the worker thread with a list of events); the HTTP
-layer's sink hands them to its event loop with `loop.call_soon_threadsafe`, so the loop never runs model code.
+layer's sink hands them to its event loop with `loop.call_soon_threadsafe` (once per step for all its jobs), so the
+event loop never runs model code and never waits for it.
 Models without KV-cache support (`supports_kv_cache = False`, the teaching ladder) are run uncached: a full
 forward over each row's sequence per step.
 """
