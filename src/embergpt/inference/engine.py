@@ -37,6 +37,7 @@ from embergpt.sampling import SamplingParams, sample_next_token
 
 Prompt = Sequence[int] | torch.Tensor | str
 GREEDY = SamplingParams(temperature=0.0)
+WINDOW_BUCKET = 128
 
 
 @dataclass
@@ -233,6 +234,16 @@ class Engine:
                     torch._dynamo.mark_static_address(t)
         return self._view
 
+    def _window(self, cache: KVCache) -> int | None:
+        """How many cache positions this step attends over (None = all)."""
+        if not self.compile:
+            return cache.max_pos + 1
+        if self.device.type == "cuda":
+            return None  # one CUDA graph per cache shape
+        # compiled on CPU: a few fixed windows (multiples of WINDOW_BUCKET), one graph each, so that a large batch
+        # early in a long cache does not read the whole cache at every step
+        return min(cache.max_len, -(-(cache.max_pos + 1) // WINDOW_BUCKET) * WINDOW_BUCKET)
+
     @torch.no_grad()
     def decode_step(self, tokens: torch.Tensor, cache: KVCache, return_attention: bool = False) -> Any:
         """The hot path: feed tokens [B] (one per row, at each row's position) -> next logits [B, V] (fp32).
@@ -245,7 +256,7 @@ class Engine:
             logits, attention = self.model(tokens[:, None], kv_cache=cache, return_attention=True)
             return logits[:, -1], attention
         view = self._view_of(cache)
-        view.window = None if self.compile else cache.max_pos + 1
+        view.window = self._window(cache)
         logits = self._step_fn()(tokens, view)
         cache.max_pos += 1  # the view advanced `pos` on the device; keep the host-side bound in step
         return logits
