@@ -234,15 +234,19 @@ class Engine:
                     torch._dynamo.mark_static_address(t)
         return self._view
 
-    def _window(self, cache: KVCache) -> int | None:
-        """How many cache positions this step attends over (None = all)."""
+    def attended_positions(self, max_pos: int, cache_len: int) -> int:
+        """How many cache positions a decode step attends over when rows have cached at most max_pos tokens."""
         if not self.compile:
-            return cache.max_pos + 1
+            return max_pos + 1
         if self.device.type == "cuda":
-            return None  # one CUDA graph per cache shape
+            return cache_len  # one CUDA graph per cache shape
         # compiled on CPU: a few fixed windows (multiples of WINDOW_BUCKET), one graph each, so that a large batch
         # early in a long cache does not read the whole cache at every step
-        return min(cache.max_len, -(-(cache.max_pos + 1) // WINDOW_BUCKET) * WINDOW_BUCKET)
+        return min(cache_len, -(-(max_pos + 1) // WINDOW_BUCKET) * WINDOW_BUCKET)
+
+    def _window(self, cache: KVCache) -> int | None:
+        n = self.attended_positions(cache.max_pos, cache.max_len)
+        return None if n == cache.max_len else n
 
     @torch.no_grad()
     def decode_step(self, tokens: torch.Tensor, cache: KVCache, return_attention: bool = False) -> Any:
