@@ -46,6 +46,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("evaluation", "--sample-interval", int, "steps between printed samples (default: at each evaluation)"),
     ("evaluation", "--sample-tokens", int, "tokens per printed sample (default 200)"),
     ("run", "--device", str, "cpu, cuda, cuda:N or mps (default: the best available)"),
+    ("run", "--threads", "threads", "CPU threads: N, or auto (the faster of 1 and all cores, re-checked)"),
     ("run", "--seed", int, "random seed (default 1337)"),
     ("run", "--out", str, "output directory (default runs/train; with --resume, the checkpoint's parent)"),
     ("run", "--checkpoint-interval", int, "save OUT/step-NNNNNN every N steps (default 0: final only)"),
@@ -54,6 +55,16 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("run", "--demo", bool, "the `make demo` run: char-level Shakespeare on the CPU (~2 minutes)"),
     ("run", "--quiet", bool, "no progress bar, no samples: only errors and the final summary"),
 ]
+
+
+def threads(value: str) -> int | str:
+    """--threads: a positive integer or "auto"."""
+    if value == "auto":
+        return value
+    n = int(value)
+    if n <= 0:
+        raise ValueError(value)
+    return n
 
 
 def env_name(flag: str) -> str:
@@ -76,6 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.error = one_line_error  # type: ignore[method-assign]  # one line, not argparse's usage block
     groups: dict[str, argparse._ArgumentGroup] = {}
     for group, flag, kind, help_text in FLAGS:
+        kind = threads if kind == "threads" else kind
         g = groups.setdefault(group, parser.add_argument_group(group))
         help_text += f" [{env_name(flag)}]"
         if kind is bool:
@@ -89,6 +101,7 @@ def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Flags given on the command line, then EMBERGPT_<FLAG> variables for the others (ValueError if malformed)."""
     settings: dict[str, Any] = {}
     for _, flag, kind, _ in FLAGS:
+        kind = threads if kind == "threads" else kind
         field = flag.lstrip("-").replace("-", "_")
         value = getattr(args, field, None)
         if value is None and os.environ.get(env_name(flag)) is not None:
@@ -110,9 +123,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
     settings = explicit_settings(args)
     demo = settings.pop("demo", False)
-    quiet = settings.pop("quiet", False)
-    if quiet:
-        settings["verbose"] = False
+    settings["verbose"] = not settings.pop("quiet", False)  # not inherited from a resumed run's config
     resume = settings.get("resume")
     if resume is not None:
         return TrainConfig.from_checkpoint(resume, **settings)

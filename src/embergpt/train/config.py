@@ -58,6 +58,7 @@ class TrainConfig:
     sample_tokens: int = 200
     # run
     device: str | None = None
+    threads: int | str | None = None  # CPU threads: N, "auto" (race 1 vs all cores now and then), None = torch's
     seed: int = 1337
     out: str = "runs/train"
     checkpoint_interval: int = 0  # 0 = only the final (and an interrupted) checkpoint
@@ -93,6 +94,8 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.threads is not None and self.threads != "auto":
+            _positive_int("threads", self.threads)
         if self.tokenizer in ("char", "bpe") or Path(self.tokenizer).suffix == ".json":
             return
         raise ValueError(f"tokenizer must be char, bpe or a tokenizer .json file, got {self.tokenizer!r}")

@@ -49,6 +49,7 @@ from embergpt.train.metrics import MetricsLog, plot_losses
 from embergpt.train.optim import build_optimizers, set_lr, set_muon_momentum
 from embergpt.train.progress import ProgressBar, format_count, format_duration
 from embergpt.train.schedule import lr_multiplier, muon_momentum, run_progress
+from embergpt.train.threads import ThreadTuner
 
 NUM_SAMPLES = 2
 
@@ -85,6 +86,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     Under torchrun this joins the process group; rank 0 logs and checkpoints, every rank returns a result.
     """
     ctx = init_distributed(cfg.device)
+    threads = torch.get_num_threads()
     try:
         if cfg.model == "compare":
             from embergpt.train.compare import compare_ladder
@@ -92,6 +94,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             return compare_ladder(cfg, ctx)
         return run_training(cfg, ctx)
     finally:
+        torch.set_num_threads(threads)  # --threads is this run's setting, not the process's
         shutdown_distributed(ctx)
 
 
@@ -153,6 +156,12 @@ def run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     out = Path(cfg.out)
     bar = ProgressBar(enabled=cfg.verbose and main)
     say = _Printer(cfg.verbose and main, bar)
+
+    tuner = None
+    if device.type == "cpu" and cfg.threads == "auto":
+        tuner = ThreadTuner(torch.get_num_threads())
+    elif device.type == "cpu" and cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
 
     resumed = None
     if cfg.resume is not None:
@@ -231,6 +240,7 @@ def run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         budget += (" or " if budget else "") + f"{cfg.time_budget:g} s"
     say(
         f"device {device} ({dtype_name(dtype)}{', compiled' if cfg.compile else ''}"
+        f"{f', {torch.get_num_threads()} threads' if device.type == 'cpu' else ''}"
         f"{f', {ctx.world_size} ranks' if ctx.enabled else ''}) | {cfg.optimizer} | batch {cfg.batch_size} x "
         f"{seq_len} x {cfg.grad_accum} = {format_count(tokens_per_step)} tokens/step | {budget} | "
         f"MFU against {peak / 1e9:.0f} GFLOP/s ({peak_source})"
@@ -326,6 +336,8 @@ def run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
             tok_per_s = tokens_per_step / dt
             tok_per_s_ema = tok_per_s if len(step_times) == 1 else 0.9 * tok_per_s_ema + 0.1 * tok_per_s
             mfu = flops_per_token * tok_per_s / peak if peak > 0 else None
+            if tuner is not None and tuner.after_step(dt, state.train_seconds):
+                say(f"CPU threads -> {tuner.threads} (the faster count now: the cores are shared)")
 
             # every rank must agree on what happens next: any rank's signal counts, rank 0's clock decides
             flags = torch.tensor(
