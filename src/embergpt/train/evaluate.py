@@ -38,7 +38,7 @@ def evaluate(
     token_bytes: torch.Tensor,
     dist: DistContext,
     autocast: contextlib.AbstractContextManager | None = None,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Mean validation loss (nats / token) and bits per byte over `steps` global batches.
 
     Bits per byte = total nats / ln 2 / total UTF-8 bytes of the predicted tokens, with special tokens left out
@@ -65,7 +65,7 @@ def evaluate(
     loss_sum, count, byte_loss_sum, nbytes = totals.tolist()
     return {
         "val_loss": loss_sum / max(count, 1.0),
-        "val_bpb": byte_loss_sum / math.log(2) / nbytes if nbytes > 0 else float("nan"),
+        "val_bpb": byte_loss_sum / math.log(2) / nbytes if nbytes > 0 else None,
     }
 
 

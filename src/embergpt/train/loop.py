@@ -254,7 +254,7 @@ def run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         record = {"kind": "eval", "step": state.step, **result, "elapsed": state.train_seconds}
         if main:
             metrics.log(record)
-            bpb = f" | val bpb {result['val_bpb']:.4f}" if math.isfinite(result["val_bpb"]) else ""
+            bpb = f" | val bpb {result['val_bpb']:.4f}" if result["val_bpb"] is not None else ""
             say(f"step {state.step}: val loss {result['val_loss']:.4f}{bpb}")
             plot_losses(metrics.records, out / "loss.png", title=f"{kind} on {cfg.data}")
 

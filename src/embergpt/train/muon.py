@@ -26,18 +26,20 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torc
 
 
 def newton_schulz(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """An approximately orthogonal matrix with g's singular vectors: g [rows, cols] -> same shape, in g's dtype."""
+    """An approximately orthogonal matrix with g's singular vectors: g [..., rows, cols] -> same shape and dtype
+    (a batch of matrices is orthogonalised at once)."""
     a, b, c = NS_COEFFICIENTS
     x = g.to(dtype)
-    wide = x.size(0) <= x.size(1)
+    wide = x.size(-2) <= x.size(-1)
     if not wide:
-        x = x.T  # iterate on the side whose Gram matrix x x^T is smaller
-    x = x / (x.norm() + 1e-7)  # spectral norm <= Frobenius norm <= 1: inside the iteration's basin
+        x = x.mT  # iterate on the side whose Gram matrix x x^T is smaller
+    # spectral norm <= Frobenius norm <= 1: inside the iteration's basin
+    x = x / (torch.linalg.matrix_norm(x, keepdim=True) + 1e-7)
     for _ in range(steps):
-        gram = x @ x.T
+        gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
     if not wide:
-        x = x.T
+        x = x.mT
     return x.to(g.dtype)
 
 
@@ -73,6 +75,8 @@ class Muon(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
+            # matrices of one shape are orthogonalised together: one batched matmul chain instead of many small
+            by_shape: dict[torch.Size, list[tuple[torch.Tensor, torch.Tensor]]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -83,9 +87,14 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.lerp_(g, 1 - beta)
                 u = g.lerp(buf, beta) if group["nesterov"] else buf
-                update = newton_schulz(u, group["ns_steps"], _DTYPES[group["ns_dtype"]])
-                if wd:
-                    p.mul_(1 - lr * wd)
+                by_shape.setdefault(p.shape, []).append((p, u))
+            for shape, items in by_shape.items():
+                stacked = torch.stack([u for _, u in items])
+                updates = newton_schulz(stacked, group["ns_steps"], _DTYPES[group["ns_dtype"]])
                 # orthogonal updates have RMS ~ 1/sqrt(max dim); the factor keeps tall matrices' steps comparable
-                p.add_(update, alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+                scale = -lr * max(1.0, shape[0] / shape[1]) ** 0.5
+                for (p, _), update in zip(items, updates.unbind(0)):
+                    if wd:
+                        p.mul_(1 - lr * wd)
+                    p.add_(update, alpha=scale)
         return loss
