@@ -77,6 +77,7 @@ def test_loads_in_other_dtype_and_device_string(tmp_path):
     path = save_checkpoint(random_model(), tmp_path / "ck")
     ck = load_checkpoint(path, device="cpu", dtype=torch.bfloat16)
     assert ck.model.lm_head.weight.dtype == torch.bfloat16
+    assert ck.model.cos.dtype == torch.float32  # RoPE tables keep full precision
 
 
 # --- failures name the problem ---------------------------------------------------------------------------------

@@ -97,7 +97,11 @@ def _engine_checks(device: torch.device | str) -> list[Check]:
         from embergpt.inference.selfcheck import engine_checks
     except ImportError:
         return []
-    return [Check("engine", name, bool(ok), detail) for name, ok, detail in engine_checks(device=device)]
+    checks = []
+    for name, ok, detail in engine_checks(device=device):
+        section, _, short = name.partition(": ")  # names read "sampling: ...", "kv-cache: ...", "streaming: ..."
+        checks.append(Check(section if short else "engine", short or name, bool(ok), detail))
+    return checks
 
 
 SECTIONS: list[Callable[[torch.device | str], list[Check]]] = [model_checks, _engine_checks]

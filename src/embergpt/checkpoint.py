@@ -270,7 +270,10 @@ def load_checkpoint(
     except Exception as e:  # safetensors raises its own error types for truncated or malformed files
         raise CheckpointError(f"model.safetensors: cannot be read ({e}); the file is truncated or corrupted") from None
     model.load_state_dict(state)
-    model.to(device=device or "cpu", dtype=dtype)
+    model.to(device=device or "cpu")
+    if dtype is not None:  # weights only: buffers such as the RoPE tables keep their fp32 precision
+        for p in model.parameters():
+            p.data = p.data.to(dtype)
     model.eval()
 
     tokenizer = None

@@ -73,8 +73,8 @@ class KVCache:
         B, H, T, D = k.shape
         if T == 1:  # decode: one scatter per row via advanced indexing, cheaper than a general scatter
             rows = torch.arange(B, device=k.device)
-            self.k[layer, rows, :, self.pos] = k[:, :, 0]
-            self.v[layer, rows, :, self.pos] = v[:, :, 0]
+            self.k[layer, rows, :, self.pos] = k[:, :, 0].to(self.k.dtype)
+            self.v[layer, rows, :, self.pos] = v[:, :, 0].to(self.v.dtype)
         else:
             index = (self.pos[:, None] + torch.arange(T, device=k.device))[:, None, :, None].expand(B, H, T, D)
             self.k[layer].scatter_(2, index, k.to(self.k.dtype))
