@@ -169,3 +169,25 @@ def test_invalid_params_raise_value_error_naming_the_field(kwargs: dict) -> None
 def test_valid_edge_params_are_accepted() -> None:
     SamplingParams(temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
     SamplingParams(temperature=2, top_k=1, top_p=1e-6, min_p=1.0, repetition_penalty=0.5)
+
+
+def test_draw_matches_the_distribution_and_never_picks_zero_mass():
+    from embergpt.sampling import draw
+
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(20000, 1)
+    tokens = draw(probs, torch.Generator().manual_seed(0))
+    counts = torch.bincount(tokens, minlength=5).float() / len(tokens)
+    assert counts[1] == 0 and counts[4] == 0
+    assert torch.allclose(counts, probs[0], atol=0.015)
+    # unnormalised rows are fine: only the ratios matter
+    tokens = draw(probs * 7.0, torch.Generator().manual_seed(0))
+    assert torch.equal(tokens, draw(probs, torch.Generator().manual_seed(0)))
+
+
+def test_draw_per_row_generators_match_each_row_alone():
+    from embergpt.sampling import draw
+
+    probs = torch.softmax(torch.randn(6, 50, generator=torch.Generator().manual_seed(1)), dim=-1)
+    batched = draw(probs, [torch.Generator().manual_seed(100 + b) for b in range(6)])
+    alone = [draw(probs[b : b + 1], torch.Generator().manual_seed(100 + b)).item() for b in range(6)]
+    assert batched.tolist() == alone

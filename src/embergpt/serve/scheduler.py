@@ -39,8 +39,9 @@ from typing import Any
 import torch
 
 from embergpt.inference.kv_cache import KVCache
-from embergpt.sampling import SamplingParams, filter_logits, sample_next_token
+from embergpt.sampling import SamplingParams, draw, filter_logits, sample_next_token
 
+NONFINITE = "the probabilities are not finite (temperature too small?)"
 BUCKET = 64  # cache positions are exposed to a forward in multiples of this
 PREFILL_TOKENS = 2048  # prompts prefilled together, counted right-padded (bounds the [B, T, V] logits)
 
@@ -364,8 +365,8 @@ class Scheduler:
         if all(plain_greedy):
             return logits.argmax(dim=-1).tolist()
         out: list[torch.Tensor | str | None] = [None] * len(jobs)
-        # Rows sharing their params (and no repetition penalty) are filtered and softmaxed together; each then
-        # draws from its own generator, exactly as sample_next_token draws for a single row.
+        # Rows sharing their params (and no repetition penalty) are filtered, softmaxed and drawn together; each
+        # row's draw uses its own generator, exactly as sample_next_token draws for a single row.
         groups: dict[SamplingParams, list[int]] = {}
         for i, job in enumerate(jobs):
             if plain_greedy[i]:
@@ -375,8 +376,9 @@ class Scheduler:
         for params, rows in groups.items():
             try:
                 probs = filter_logits(logits[rows].float(), params).softmax(dim=-1)
+                drawn = draw(probs, [jobs[i].generator for i in rows])  # one seeded uniform per row
                 for k, i in enumerate(rows):
-                    out[i] = torch.multinomial(probs[k : k + 1], 1, generator=jobs[i].generator).squeeze(-1)
+                    out[i] = drawn[k : k + 1]
             except (RuntimeError, ValueError) as e:
                 for i in rows:
                     out[i] = f"sampling failed: {e}"
@@ -389,7 +391,9 @@ class Scheduler:
                     out[i] = f"sampling failed: {e}"
         tensors = [t for t in out if not isinstance(t, str)]
         values = iter(torch.cat(tensors).tolist() if tensors else [])  # one host sync for the whole batch
-        return [t if isinstance(t, str) else next(values) for t in out]
+        tokens = [t if isinstance(t, str) else next(values) for t in out]
+        # draw() marks a row whose probabilities were not finite with -1
+        return [f"sampling failed: {NONFINITE}" if t == -1 else t for t in tokens]
 
     def _accept(self, tokens: list[int | str], jobs: list[Job]) -> None:
         """Record each job's new token, report it, and retire the jobs that are done."""
