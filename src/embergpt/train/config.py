@@ -109,8 +109,11 @@ class TrainConfig:
             return self.steps
         return None if self.time_budget is not None else DEFAULT_STEPS
 
-    def model_config(self, vocab_size: int) -> GPTConfig:
-        """The GPTConfig this run trains: the preset (or defaults), the shape flags, the tokenizer's vocab."""
+    def model_config(self, vocab_size: int, longest_document: int | None = None) -> GPTConfig:
+        """The GPTConfig this run trains: the preset (or defaults), the shape flags, the tokenizer's vocab.
+
+        In documents mode without --seq-len, the sequence is cut to fit the longest document (+ BOS), rounded up
+        to a multiple of 8: names need 16 positions, not the preset's 128 of mostly padding."""
         base = PRESETS[self.preset] if self.preset else GPTConfig()
         changes: dict[str, Any] = {"vocab_size": vocab_size}
         for name in ("n_layer", "n_head", "n_kv_head", "n_embd", "dropout"):
@@ -118,6 +121,8 @@ class TrainConfig:
                 changes[name] = getattr(self, name)
         if self.seq_len is not None:
             changes["sequence_len"] = self.seq_len
+        elif longest_document is not None:
+            changes["sequence_len"] = min(base.sequence_len, -(-(longest_document + 1) // 8) * 8)
         n_head = changes.get("n_head", base.n_head)
         if self.n_kv_head is None and n_head % base.n_kv_head != 0:
             changes["n_kv_head"] = n_head  # the preset's grouping does not fit the new head count: plain MHA
@@ -170,14 +175,16 @@ def demo_config(**overrides: Any) -> TrainConfig:
         tokenizer="char",
         preset="shakespeare-char",
         optimizer="muon",
+        lr=0.04,
         time_budget=100.0,
-        batch_size=32,
+        batch_size=16,
         lr_schedule="linear",
         min_lr_frac=0.0,
         warmup=0,
         eval_interval=250,
-        eval_steps=20,
+        eval_steps=40,
         device="cpu",
+        threads="auto",
         out="runs/shakespeare",
         sample_tokens=300,
     )

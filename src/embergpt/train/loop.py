@@ -176,7 +176,10 @@ def run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     mode = detect_data_mode(text) if cfg.data_mode == "auto" else cfg.data_mode
     dataset = TokenDataset.build(text, tokenizer, cfg.val_fraction, mode=mode, seed=cfg.seed)
 
-    model_config = cfg.model_config(tokenizer.vocab_size)
+    longest = None
+    if mode == "documents":
+        longest = max(len(d) for d in [*dataset.train_docs, *dataset.val_docs])
+    model_config = cfg.model_config(tokenizer.vocab_size, longest)
     if resumed is not None:
         kind = resumed.metadata.get("model", {}).get("kind", "gpt")
         if kind != cfg.model or resumed.config != model_config:
