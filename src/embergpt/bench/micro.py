@@ -117,6 +117,15 @@ def _in_subprocess(which: str, *args: int) -> dict[str, Any]:
 
 
 def _peak_rss_mb() -> float:
+    # On Linux, ru_maxrss survives execve: a child started from a parent that had torch loaded reports the
+    # parent's peak. VmHWM belongs to this process's own address space, so read that where it exists.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
