@@ -210,3 +210,15 @@ def test_cli_trains_and_says_how_to_serve(corpus, tmp_path, capsys):
     assert f"embergpt serve --checkpoint {tmp_path / 'cli' / 'final'}" in out
     assert "val loss" in out and "--- sample 1" in out
     assert math.isfinite(read_metrics(tmp_path / "cli" / "metrics.jsonl")[-1]["val_loss"])
+
+
+def test_time_budget_stops_on_the_clock_and_evaluates_on_it(corpus, tmp_path):
+    result = train(tiny(corpus, tmp_path / "timed", steps=None, time_budget=1.0, eval_interval=0, eval_seconds=0.4))
+    assert 1.0 <= result.train_seconds < 5.0 and result.checkpoint.name == "final"
+    records = read_metrics(tmp_path / "timed" / "metrics.jsonl")
+    train_records = [r for r in records if r["kind"] == "train"]
+    assert train_records[-2]["elapsed"] < 1.0 <= train_records[-1]["elapsed"]  # stopped at the first step past it
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == result.step and len(evals) >= 4  # 0, ~0.4, ~0.8, end
+    lrs = [r["lr"] for r in train_records]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.2 * lrs[0]  # the cosine follows the clock

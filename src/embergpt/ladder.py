@@ -81,7 +81,8 @@ class Bigram(nn.Module):
 
 class SingleHead(nn.Module):
     """Token + position embeddings, then one causal attention head: each token averages what came before it,
-    weighted by how well its query matches their keys. No MLP, one head of size n_embd."""
+    weighted by how well its query matches their keys. No MLP, one head of size n_embd. RMSNorm before the head
+    and the output keeps the scale steady however large the embeddings grow."""
 
     kind = "single-head"
     supports_kv_cache = False
@@ -110,11 +111,13 @@ class SingleHead(nn.Module):
         _no_cache(kv_cache)
         B, T = idx.shape
         _check_length(T, self.config)
+        C, eps = self.config.n_embd, self.config.norm_eps
         x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(T, device=idx.device))  # (B, T, C)
-        q, k, v = (self.attn[name](x)[:, None] for name in ("c_q", "c_k", "c_v"))  # (B, 1, T, C): one head
+        h = F.rms_norm(x, (C,), eps=eps)
+        q, k, v = (self.attn[name](h)[:, None] for name in ("c_q", "c_k", "c_v"))  # (B, 1, T, C): one head
         y, probs = causal_attention(q, k, v)
         x = x + y[:, 0]  # residual: keep the token's own identity next to what it gathered
-        logits = self.lm_head(x)  # (B, T, V)
+        logits = self.lm_head(F.rms_norm(x, (C,), eps=eps))  # (B, T, V)
         return _output(logits, targets, [probs.float()] if return_attention else [], return_attention)
 
 

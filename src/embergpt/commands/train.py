@@ -42,6 +42,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("optimizer and precision", "--dtype", str, "float32 or bfloat16 autocast (default: bfloat16 on CUDA, else fp32)"),
     ("optimizer and precision", "--compile", bool, "torch.compile the model (checkpoints still hold the plain one)"),
     ("evaluation", "--eval-interval", int, "steps between evaluations, 0 = only at the end (default 100)"),
+    ("evaluation", "--eval-seconds", float, "also evaluate every S seconds of training (compare: budget / 12)"),
     ("evaluation", "--eval-steps", int, "validation batches per evaluation (default 20)"),
     ("evaluation", "--sample-interval", int, "steps between printed samples (default: at each evaluation)"),
     ("evaluation", "--sample-tokens", int, "tokens per printed sample (default 200)"),

@@ -42,7 +42,11 @@ def compare_ladder(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     for kind in ORDER:
         if cfg.verbose and ctx.is_main:
             print(f"\n=== {kind} ===", flush=True)
-        result = run_training(cfg.replace(model=kind, out=str(out / kind), resume=None), ctx)
+        sub = cfg.replace(model=kind, out=str(out / kind), resume=None)
+        if cfg.time_budget is not None and cfg.eval_seconds is None:
+            # models run at very different speeds: evaluate on the clock, so every curve gets ~12 points
+            sub = sub.replace(eval_interval=0, eval_seconds=cfg.time_budget / 12)
+        result = run_training(sub, ctx)
         results.append(result)
         if result.interrupted:
             break

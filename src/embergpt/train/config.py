@@ -53,6 +53,7 @@ class TrainConfig:
     compile: bool = False
     # evaluation
     eval_interval: int = 100  # steps between evaluations; 0 = only at the end
+    eval_seconds: float | None = None  # also evaluate every this many seconds of training (not bitwise on resume)
     eval_steps: int = 20  # validation batches per evaluation
     sample_interval: int = 0  # print samples every N steps (0 = at each evaluation)
     sample_tokens: int = 200
@@ -82,7 +83,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        for name in ("lr", "embedding_lr", "unembedding_lr", "time_budget"):
+        for name in ("lr", "embedding_lr", "unembedding_lr", "time_budget", "eval_seconds"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")

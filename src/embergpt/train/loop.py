@@ -287,8 +287,9 @@ def run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     checkpoint: Path | None = None
     interrupted = False
     with GracefulInterrupt(announce=cfg.verbose and main) as interrupt:
-        if state.step == 0 and cfg.eval_interval > 0:
+        if state.step == 0 and (cfg.eval_interval > 0 or cfg.eval_seconds):
             run_eval()
+        next_eval_seconds = _next_multiple(state.train_seconds, cfg.eval_seconds)
         # the same on every rank: the state is the same (fresh, or restored from one checkpoint)
         done = (total is not None and state.step >= total) or (
             cfg.time_budget is not None and state.train_seconds >= cfg.time_budget
@@ -348,10 +349,11 @@ def run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
                     float(interrupt.requested),
                     float(main and cfg.time_budget is not None and state.train_seconds >= cfg.time_budget),
                     float(total is not None and state.step >= total),
+                    float(main and state.train_seconds >= next_eval_seconds),
                 ],
                 device=device,
             )
-            stop_signal, time_up, steps_done = (bool(v) for v in ctx.all_reduce(flags, op="max").tolist())
+            stop_signal, time_up, steps_done, eval_time = (bool(v) for v in ctx.all_reduce(flags, op="max").tolist())
             done = time_up or steps_done
 
             if main:
@@ -379,7 +381,8 @@ def run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
                 bar.update(state.step, total, shown, train_loss, tok_per_s_ema, ema_mfu, eta, force=done)
 
             if not done:
-                if cfg.eval_interval > 0 and state.step % cfg.eval_interval == 0:
+                if (cfg.eval_interval > 0 and state.step % cfg.eval_interval == 0) or eval_time:
+                    next_eval_seconds = _next_multiple(state.train_seconds, cfg.eval_seconds)
                     run_eval()
                     if cfg.sample_interval == 0:
                         print_samples()
@@ -402,7 +405,7 @@ def run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
                 print(f"interrupted at step {state.step}: saved {checkpoint}", flush=True)
                 print(f"resume with: embergpt train --resume {checkpoint}", flush=True)
         else:
-            if state.step > 0 or cfg.eval_interval == 0:
+            if state.step > 0 or not (cfg.eval_interval > 0 or cfg.eval_seconds):
                 run_eval()
             print_samples()
             checkpoint = save(out / "final")
@@ -431,6 +434,11 @@ def run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         plot_path=out / "loss.png" if main else None,
         samples=samples,
     )
+
+
+def _next_multiple(seconds: float, interval: float | None) -> float:
+    """The next multiple of `interval` after `seconds` (infinity without an interval)."""
+    return math.inf if not interval else (math.floor(seconds / interval) + 1) * interval
 
 
 def _main_lr(optimizers: list[torch.optim.Optimizer]) -> float:
