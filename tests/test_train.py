@@ -222,3 +222,12 @@ def test_time_budget_stops_on_the_clock_and_evaluates_on_it(corpus, tmp_path):
     assert evals[0]["step"] == 0 and evals[-1]["step"] == result.step and len(evals) >= 4  # 0, ~0.4, ~0.8, end
     lrs = [r["lr"] for r in train_records]
     assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.2 * lrs[0]  # the cosine follows the clock
+
+
+def test_threads_setting_is_scoped_to_the_run(corpus, tmp_path):
+    before = torch.get_num_threads()
+    for threads in (1, "auto"):
+        train(tiny(corpus, tmp_path / f"threads-{threads}", steps=2, eval_interval=0, threads=threads))
+        assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        TrainConfig(threads="many")
