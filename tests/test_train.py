@@ -231,3 +231,15 @@ def test_threads_setting_is_scoped_to_the_run(corpus, tmp_path):
         assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="threads"):
         TrainConfig(threads="many")
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_saves_the_plain_module(corpus, tmp_path):
+    eager = train(tiny(corpus, tmp_path / "eager", steps=4, eval_interval=0))
+    compiled = train(tiny(corpus, tmp_path / "compiled", steps=4, eval_interval=0, compile=True))
+    a = [r for r in read_metrics(eager.metrics_path) if r["kind"] == "train"]
+    b = [r for r in read_metrics(compiled.metrics_path) if r["kind"] == "train"]
+    for ra, rb in zip(a, b):
+        assert abs(ra["train_loss"] - rb["train_loss"]) < 1e-4  # kernels fuse differently: not bitwise
+    saved = weights(compiled.checkpoint)
+    assert saved.keys() == weights(eager.checkpoint).keys()  # no "_orig_mod." prefixes
