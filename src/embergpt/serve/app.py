@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -289,6 +289,39 @@ def _add_openai_routes(app: FastAPI, service: ModelService) -> None:
             raise ApiError(404, "model_not_found", f"no model {model_id!r}; this server has {service.model_id!r}")
         return model_card()
 
+    async def run_openai(
+        spec: GenerationSpec,
+        req: Any,
+        request: Request,
+        id_prefix: str,
+        object_name: str,
+        stream: Callable[[ModelService, Generation, str, int, bool], AsyncIterator[str]],
+        choice: Callable[[str, str], dict[str, Any]],
+    ) -> Response:
+        """What both OpenAI endpoints do once the request is validated: charge the rate limit, generate, and
+        answer as server-sent events or as one JSON body."""
+        service.charge(request)
+        gen = service.generation(spec)
+        rid, created = f"{id_prefix}-{uuid.uuid4().hex[:24]}", int(time.time())
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        if req.stream:
+            return EventStreamResponse(stream(service, gen, rid, created, include_usage))
+        try:
+            result = await gen.collect(request)
+        except ClientDisconnected:
+            return SafeJSONResponse({"error": "client_disconnected"}, status_code=499)
+        f = result.finish
+        return SafeJSONResponse(
+            {
+                "id": rid,
+                "object": object_name,
+                "created": created,
+                "model": service.model_id,
+                "choices": [choice(result.text, f.finish_reason)],
+                "usage": usage(f.prompt_tokens, f.completion_tokens),
+            }
+        )
+
     @app.post(
         "/v1/completions",
         responses={200: {"content": {"text/event-stream": {}}}, **ERRORS},
@@ -309,27 +342,10 @@ def _add_openai_routes(app: FastAPI, service: ModelService) -> None:
             ids, max_tokens, _openai_params(service, req), req.seed,
             frozenset({service.tokenizer.bos_id}), _stop_strings(req.stop),
         )  # fmt: skip
-        service.charge(request)
-        gen = service.generation(spec)
-        rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        if req.stream:
-            return EventStreamResponse(_completion_stream(service, gen, rid, created, include_usage))
-        try:
-            result = await gen.collect(request)
-        except ClientDisconnected:
-            return SafeJSONResponse({"error": "client_disconnected"}, status_code=499)
-        f = result.finish
-        return SafeJSONResponse(
-            {
-                "id": rid,
-                "object": "text_completion",
-                "created": created,
-                "model": service.model_id,
-                "choices": [{"text": result.text, "index": 0, "logprobs": None, "finish_reason": f.finish_reason}],
-                "usage": usage(f.prompt_tokens, f.completion_tokens),
-            }
-        )
+        return await run_openai(
+            spec, req, request, "cmpl", "text_completion", _completion_stream,
+            lambda text, finish: {"text": text, "index": 0, "logprobs": None, "finish_reason": finish},
+        )  # fmt: skip
 
     @app.post(
         "/v1/chat/completions",
@@ -356,34 +372,13 @@ def _add_openai_routes(app: FastAPI, service: ModelService) -> None:
             ids, max_tokens, _openai_params(service, req), req.seed, rendered.stop_ids,
             rendered.stop_strings + _stop_strings(req.stop),
         )  # fmt: skip
-        service.charge(request)
-        gen = service.generation(spec)
-        rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        if req.stream:
-            return EventStreamResponse(_chat_stream(service, gen, rid, created, include_usage))
-        try:
-            result = await gen.collect(request)
-        except ClientDisconnected:
-            return SafeJSONResponse({"error": "client_disconnected"}, status_code=499)
-        f = result.finish
-        return SafeJSONResponse(
-            {
-                "id": rid,
-                "object": "chat.completion",
-                "created": created,
-                "model": service.model_id,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": result.text},
-                        "logprobs": None,
-                        "finish_reason": f.finish_reason,
-                    }
-                ],
-                "usage": usage(f.prompt_tokens, f.completion_tokens),
-            }
-        )
+        return await run_openai(
+            spec, req, request, "chatcmpl", "chat.completion", _chat_stream,
+            lambda text, finish: {
+                "index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                "finish_reason": finish,
+            },
+        )  # fmt: skip
 
 
 async def _completion_stream(
