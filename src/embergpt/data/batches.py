@@ -14,10 +14,8 @@ a single process would draw. The world size may even change between save and res
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from embergpt.atomic_write import write_atomic
 from embergpt.data.sources import cache_dir as default_cache_dir
 from embergpt.errors import DataError
 
@@ -56,15 +55,7 @@ def split_documents(text: str) -> list[str]:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: np.save(f, array, allow_pickle=False))
 
 
 def _load_npy(path: Path) -> np.ndarray | None:

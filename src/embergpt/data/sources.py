@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from embergpt.atomic_write import write_bytes_atomic
 from embergpt.errors import DataError
 
 MAX_TEXT_BYTES = 1 << 30  # 1 GiB: beyond this a corpus belongs in a streaming pipeline, not one str
@@ -307,19 +308,6 @@ def _cache_path(kind: str, key: str) -> Path:
     return cache_dir() / kind / f"{hashlib.sha256(key.encode('utf-8')).hexdigest()[:32]}.txt"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _read_cached(path: Path, source: str) -> str | None:
     try:
         data = path.read_bytes()
@@ -510,5 +498,5 @@ def _load_hf(source: str) -> str:
         where = f" (the split has {total} rows)" if total is not None else ""
         raise _error(source, f"no text rows at offset {spec.offset}{where}", "lower &offset= or check the split")
     text = "\n".join(cells)
-    _write_atomic(target, text.encode("utf-8"))
+    write_bytes_atomic(target, text.encode("utf-8"))
     return text
