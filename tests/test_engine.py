@@ -219,12 +219,56 @@ def test_bfloat16_engine_keeps_weights_and_cache_in_bf16_and_matches_uncached() 
 
 
 @pytest.mark.slow
-def test_compiled_decode_step_equals_eager() -> None:
+def test_compiled_decode_step_equals_eager_without_recompiling() -> None:
+    from torch._dynamo.utils import counters
+
     model = make_model(11)
-    eager = Engine(model).generate(PROMPTS, 24)
+    eager = Engine(model).generate(PROMPTS, 100)
     compiled = Engine(model, compile=True)
-    assert compiled.generate(PROMPTS, 24) == eager
-    assert compiled.generate(PROMPTS, 20) == [row[:20] for row in eager]  # same padded cache size: no recompile
+    torch._dynamo.reset()
+    counters.clear()
+    # 13 + 100 tokens: the cache (and the attended window) is rounded up to 128 positions, one graph for all steps
+    assert compiled.generate(PROMPTS, 100) == eager
+    assert compiled.generate(PROMPTS, 90) == [row[:90] for row in eager]  # same rounded cache size: no recompile
+    assert counters["stats"]["unique_graphs"] == 1
+
+    # and the logits themselves, step by step, against the eager engine
+    logits, cache = compiled.prefill(torch.tensor([PROMPTS[2]]), max_new_tokens=40)
+    ref_logits, ref_cache = Engine(model).prefill(torch.tensor([PROMPTS[2]]), max_new_tokens=40)
+    for _ in range(30):
+        token = logits.argmax(-1)
+        logits, ref_logits = compiled.decode_step(token, cache), Engine(model).decode_step(token, ref_cache)
+        assert torch.allclose(logits, ref_logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-4), (torch.bfloat16, 0.15)])
+def test_max_autotune_decode_step_equals_eager(dtype: torch.dtype, atol: float) -> None:
+    """The autotuned step (C++ GEMM templates, frozen prepacked weights) against the eager step, logits per step."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    plain = Engine(make_model(12), dtype=dtype, compile=True)  # same type, same shapes, compiled first
+    plain.generate(PROMPTS[0], 20)
+    tuned = Engine(make_model(12), dtype=dtype, compile="max-autotune")
+    eager = Engine(make_model(12), dtype=dtype)
+    prompt = torch.tensor([PROMPTS[0]])
+    logits, cache = tuned.prefill(prompt, max_new_tokens=20)
+    ref, ref_cache = eager.prefill(prompt, max_new_tokens=20)
+    for _ in range(20):
+        token = ref.argmax(-1)
+        logits, ref = tuned.decode_step(token, cache), eager.decode_step(token, ref_cache)
+        assert torch.allclose(logits, ref, atol=atol, rtol=atol)
+    # the tuned engine compiled its own graph rather than reusing the plain engine's (graphs are cached per code
+    # object and their guards check the engine's type only, so each Engine compiles a private copy of its step)
+    assert counters["stats"]["unique_graphs"] == 2
+    if dtype == torch.float32:
+        assert tuned.generate(PROMPTS, 30) == eager.generate(PROMPTS, 30)
+
+
+def test_unknown_compile_mode_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="compile must be False, True or one of default, max-autotune"):
+        Engine(make_model(), compile="fastest")
 
 
 # ---------------------------------------------------------------- streaming detokenizer
@@ -344,7 +388,7 @@ def test_decode_benchmark_reports_every_figure() -> None:
     parser = argparse.ArgumentParser()
     decode.add_arguments(parser)
     args = parser.parse_args(["--new-tokens", "4", "--repeats", "1", "--positions", "8,16", "--latency-steps", "2",
-                              "--batch", "2", "--dtypes", "float32", "--no-compile", "--no-hf"])
+                              "--batch", "2", "--dtypes", "float32", "--modes", "eager", "--no-hf"])
     report = decode.run(args)
     entry = report["engine"]["eager-float32"]
     c = PRESETS["bench"]

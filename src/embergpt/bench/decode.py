@@ -40,8 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-steps", type=int, default=32, help="decode steps timed at each position")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (medians reported), >= 1")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes to measure (default both)")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                        help="also measure the compiled decode step (default on)")
+    parser.add_argument("--modes", default="eager,compiled,max-autotune",
+                        help="decode-step modes to measure: eager, compiled (torch.compile default), max-autotune "
+                             "(GEMM autotuning, frozen weights; slow to compile) (default all three)")
     parser.add_argument("--hf", action=argparse.BooleanOptionalAction, default=True,
                         help="measure HF transformers as the baseline (default on; needs `pip install transformers`)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -94,14 +95,15 @@ def _hf_model(config: Any, device: torch.device) -> Any:
 class _Config:
     """One engine configuration under test."""
 
-    def __init__(self, base_model: torch.nn.Module, dtype: torch.dtype, compiled: bool) -> None:
+    def __init__(self, base_model: torch.nn.Module, dtype: torch.dtype, mode: str) -> None:
         from embergpt.inference.engine import Engine
 
         model = type(base_model)(base_model.config).to(next(base_model.parameters()).device)
         model.load_state_dict(base_model.state_dict())
-        self.name = f"{'compiled' if compiled else 'eager'}-{str(dtype).removeprefix('torch.')}"
-        self.engine = Engine(model, dtype=dtype, compile=compiled)
-        self.dtype, self.compiled = dtype, compiled
+        self.name = f"{mode}-{str(dtype).removeprefix('torch.')}"
+        compile = {"eager": False, "compiled": "default", "max-autotune": "max-autotune"}[mode]
+        self.engine = Engine(model, dtype=dtype, compile=compile)
+        self.dtype = dtype
         self.runs: dict[str, list[tuple[float, float]]] = {}
 
 
@@ -155,8 +157,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dtypes = [resolve_dtype(name.strip(), device) for name in args.dtypes.split(",") if name.strip()]
 
     base = _random_gpt(config, device)
-    modes = [False, True] if args.compile else [False]
-    configs = [_Config(base, dt, compiled) for dt in dtypes for compiled in modes]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = sorted(set(modes) - {"eager", "compiled", "max-autotune"})
+    if unknown or not modes:
+        raise ValueError(f"--modes takes eager, compiled and/or max-autotune; got {args.modes!r}")
+    configs = [_Config(base, dt, mode) for dt in dtypes for mode in modes]
     gen = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, config.vocab_size, (args.prompt_len,), generator=gen).tolist()
     prompts_big = torch.randint(0, config.vocab_size, (args.batch, args.prompt_len), generator=gen).tolist()

@@ -24,6 +24,7 @@ How a call runs:
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,10 @@ from embergpt.sampling import SamplingParams, sample_next_token
 
 Prompt = Sequence[int] | torch.Tensor | str
 GREEDY = SamplingParams(temperature=0.0)
+COMPILE_MODES = ("default", "max-autotune")
+# inductor settings of compile="max-autotune" on CPU: the weights are frozen into the graph (prepacked), and each
+# matmul's kernel is picked by timing inductor's C++ GEMM templates against aten's
+CPU_MAX_AUTOTUNE = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
 WINDOW_BUCKET = 128
 
 
@@ -88,12 +93,30 @@ class _StepView:
         self.pos += n
 
 
+def _own_code(method: Any) -> Any:
+    """A bound method with a private copy of its code object.
+
+    torch.compile caches graphs per code object, and their guards check the engine's type, not its identity: two
+    Engines in one process (say compile="default" and compile="max-autotune") would otherwise share one cache and
+    the second could run the first's graph.
+    """
+    fn = method.__func__
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{id(method.__self__):x}")
+    return types.MethodType(types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__),
+                            method.__self__)
+
+
 class Engine:
     """Generation on top of a model with forward(idx, targets=None, kv_cache=None, return_attention=False).
 
     dtype: when given, the model's floating-point weights are converted to it in place (weights are stored in the
     compute dtype, so each decode step reads half the bytes in bf16); buffers such as the RoPE tables keep theirs.
-    compile: compile the decode step with torch.compile (CUDA: mode="reduce-overhead", i.e. CUDA graphs).
+    compile: compile the decode step with torch.compile. False = eager; True or "default" = inductor's default
+    (on CUDA: mode="reduce-overhead", i.e. CUDA graphs); "max-autotune" = benchmark GEMM kernels at compile time
+    and pick the fastest (CPU: inductor's C++ GEMM templates with the weights frozen and prepacked into the compiled
+    step, which is what makes bf16 decode fast on CPUs without AMX; CUDA: mode="max-autotune"). max-autotune
+    compiles for much longer (a minute or more on 2 cores) and, on CPU, freezes the weights: build a new Engine after
+    changing them.
     """
 
     def __init__(
@@ -101,8 +124,12 @@ class Engine:
         model: torch.nn.Module,
         tokenizer: Any = None,
         dtype: torch.dtype | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> None:
+        if compile is True:
+            compile = "default"
+        if compile and compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be False, True or one of {', '.join(COMPILE_MODES)}; got {compile!r}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         params = list(model.parameters())
@@ -117,7 +144,8 @@ class Engine:
         self.config = getattr(model, "config", None)
         self.sequence_len: int | None = getattr(self.config, "sequence_len", None)
         self.supports_kv_cache = bool(getattr(model, "supports_kv_cache", True))
-        self.compile = compile and self.supports_kv_cache
+        self.compile_mode: str | None = compile if compile and self.supports_kv_cache else None
+        self.compile = self.compile_mode is not None
         self.sync_every = 1 if self.device.type == "cpu" else 8
         self._view: _StepView | None = None
         self._compiled_step: Any = None
@@ -218,11 +246,21 @@ class Engine:
         if not self.compile:
             return self._forward_step
         if self._compiled_step is None:
-            mode = "reduce-overhead" if self.device.type == "cuda" else None
-            # one graph per (batch, cache length): lengths are bucketed by 64, so a few graphs cover a session
-            self._compiled_step = torch.compile(
-                self._forward_step, mode=mode, dynamic=False, fullgraph=True, recompile_limit=64
-            )
+            mode = None
+            if self.device.type == "cuda":
+                mode = "max-autotune" if self.compile_mode == "max-autotune" else "reduce-overhead"
+            # one graph per (batch, cache length, window): lengths are bucketed, so a few graphs cover a session
+            compiled = torch.compile(_own_code(self._forward_step), mode=mode, dynamic=False, fullgraph=True,
+                                     recompile_limit=64)
+            self._compiled_step = compiled
+            if self.compile_mode == "max-autotune" and self.device.type == "cpu":
+                # Set globally for the duration of each call (compilation happens inside the first one): passed as
+                # torch.compile(options=...), `freezing` is not applied and the step falls back to aten matmuls.
+                def step(tokens: torch.Tensor, view: _StepView) -> torch.Tensor:
+                    with torch._inductor.config.patch(CPU_MAX_AUTOTUNE):
+                        return compiled(tokens, view)
+
+                self._compiled_step = step
         return self._compiled_step
 
     def _view_of(self, cache: KVCache) -> _StepView:
@@ -509,7 +547,7 @@ def generate_from_checkpoint(
     n_samples: int = 1,
     device: str | None = None,
     dtype: str | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
     on_text: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Load a checkpoint and continue `prompt`: what `embergpt generate` does. Returns one text per sample.
