@@ -41,7 +41,9 @@ GREEDY = SamplingParams(temperature=0.0)
 COMPILE_MODES = ("default", "max-autotune")
 # inductor settings of compile="max-autotune" on CPU: the weights are frozen into the graph (prepacked), and each
 # matmul's kernel is picked by timing inductor's C++ GEMM templates against aten's
-CPU_MAX_AUTOTUNE = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+CPU_MAX_AUTOTUNE = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
+                    # and it does so quietly: without these, every timed matmul prints a report to stderr
+                    "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
 WINDOW_BUCKET = 128
 
 
@@ -254,10 +256,13 @@ class Engine:
                                      recompile_limit=64)
             self._compiled_step = compiled
             if self.compile_mode == "max-autotune" and self.device.type == "cpu":
+                import torch._inductor.config as inductor_config
+
+                settings = {k: v for k, v in CPU_MAX_AUTOTUNE.items() if hasattr(inductor_config, k)}  # torch >= 2.4
                 # Set globally for the duration of each call (compilation happens inside the first one): passed as
                 # torch.compile(options=...), `freezing` is not applied and the step falls back to aten matmuls.
                 def step(tokens: torch.Tensor, view: _StepView) -> torch.Tensor:
-                    with torch._inductor.config.patch(CPU_MAX_AUTOTUNE):
+                    with torch._inductor.config.patch(settings):
                         return compiled(tokens, view)
 
                 self._compiled_step = step
