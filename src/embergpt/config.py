@@ -9,6 +9,14 @@ from pathlib import Path
 from typing import Any
 
 
+def strict_from_dict(cls: Any, d: dict[str, Any]) -> Any:
+    """cls(**d) for a dataclass, refusing keys that are not its fields (a typo or a newer file) by name."""
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+    return cls(**d)
+
+
 @dataclass(frozen=True)
 class GPTConfig:
     vocab_size: int = 256
@@ -57,11 +65,7 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"GPTConfig: unknown field(s) {', '.join(unknown)}")
-        return cls(**d)
+        return strict_from_dict(cls, d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -29,6 +29,7 @@ import torch
 GOAL_VS_HF = 3.0
 GOAL_LATENCY_RATIO = 1.25
 GOAL_BATCH_SCALING = 8.0
+MODES = {"eager": False, "compiled": "default", "max-autotune": "max-autotune"}  # --modes name -> Engine(compile=)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,8 +102,7 @@ class _Config:
         model = type(base_model)(base_model.config).to(next(base_model.parameters()).device)
         model.load_state_dict(base_model.state_dict())
         self.name = f"{mode}-{str(dtype).removeprefix('torch.')}"
-        compile = {"eager": False, "compiled": "default", "max-autotune": "max-autotune"}[mode]
-        self.engine = Engine(model, dtype=dtype, compile=compile)
+        self.engine = Engine(model, dtype=dtype, compile=MODES[mode])
         self.dtype = dtype
         self.runs: dict[str, list[tuple[float, float]]] = {}
 
@@ -158,9 +158,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     base = _random_gpt(config, device)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = sorted(set(modes) - {"eager", "compiled", "max-autotune"})
-    if unknown or not modes:
-        raise ValueError(f"--modes takes eager, compiled and/or max-autotune; got {args.modes!r}")
+    if not modes or not set(modes) <= MODES.keys():
+        raise ValueError(f"--modes takes {', '.join(MODES)} (comma-separated); got {args.modes!r}")
     configs = [_Config(base, dt, mode) for dt in dtypes for mode in modes]
     gen = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, config.vocab_size, (args.prompt_len,), generator=gen).tolist()

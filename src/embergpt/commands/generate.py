@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print the prompt before the generated text (default)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: $EMBERGPT_DEVICE or best)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on CUDA, else fp32)")
-    parser.add_argument("--compile", nargs="?", const="default", default=None, choices=["default", "max-autotune"],
+    parser.add_argument("--compile", nargs="?", const="default", default=False, choices=["default", "max-autotune"],
                         help="compile the decode step: slow start, faster steps (max-autotune: slowest start, "
                              "fastest steps; the best choice with --dtype bfloat16 on CPU)")
 
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
         generate_from_checkpoint(
             args.checkpoint, prompt, args.max_tokens, sampling, args.seed, 1, args.device, args.dtype,
-            args.compile or False, on_text=on_text,
+            args.compile, on_text=on_text,
         )
         if not started and args.echo:
             write(prompt)
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     texts = generate_from_checkpoint(
         args.checkpoint, prompt, args.max_tokens, sampling, args.seed, args.n_samples, args.device, args.dtype,
-        args.compile or False,
+        args.compile,
     )
     for i, text in enumerate(texts):
         if args.n_samples > 1:

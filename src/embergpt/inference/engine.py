@@ -147,10 +147,13 @@ class Engine:
         self.sequence_len: int | None = getattr(self.config, "sequence_len", None)
         self.supports_kv_cache = bool(getattr(model, "supports_kv_cache", True))
         self.compile_mode: str | None = compile if compile and self.supports_kv_cache else None
-        self.compile = self.compile_mode is not None
         self.sync_every = 1 if self.device.type == "cpu" else 8
         self._view: _StepView | None = None
         self._compiled_step: Any = None
+
+    @property
+    def compile(self) -> bool:
+        return self.compile_mode is not None
 
     # ------------------------------------------------------------------ building blocks
 
@@ -259,11 +262,19 @@ class Engine:
                 import torch._inductor.config as inductor_config
 
                 settings = {k: v for k, v in CPU_MAX_AUTOTUNE.items() if hasattr(inductor_config, k)}  # torch >= 2.4
-                # Set globally for the duration of each call (compilation happens inside the first one): passed as
-                # torch.compile(options=...), `freezing` is not applied and the step falls back to aten matmuls.
+                compiled_shapes: set[tuple[int, int, int | None]] = set()
+
+                # The settings must hold while dynamo traces and inductor compiles, i.e. inside the call that meets a
+                # new (batch, cache length, window): passed as torch.compile(options=...), `freezing` is not applied
+                # and the step falls back to aten matmuls. Patching the config costs ~40 us, so only those calls do.
                 def step(tokens: torch.Tensor, view: _StepView) -> torch.Tensor:
-                    with torch._inductor.config.patch(settings):
+                    shape = (tokens.size(0), view.k.size(3), view.window)
+                    if shape in compiled_shapes:
                         return compiled(tokens, view)
+                    with torch._inductor.config.patch(settings):
+                        logits = compiled(tokens, view)
+                    compiled_shapes.add(shape)
+                    return logits
 
                 self._compiled_step = step
         return self._compiled_step

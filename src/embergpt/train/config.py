@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from embergpt.config import PRESETS, GPTConfig
+from embergpt.config import PRESETS, GPTConfig, strict_from_dict
 
 MODELS = ("gpt", "bigram", "single-head", "multi-head", "compare")
 OPTIMIZERS = ("adamw", "muon")
@@ -136,11 +136,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown field(s) {', '.join(unknown)}")
-        return cls(**d)
+        return strict_from_dict(cls, d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
