@@ -45,7 +45,8 @@ def expected_text(checkpoint: Path, prompt: str, n: int, params: SamplingParams,
     """The same generation through the library, decoded independently of the CLI."""
     model, _, _, tok = load_checkpoint(checkpoint)
     ids = [tok.bos_id, *tok.encode(prompt)]
-    out = Engine(model).generate(ids, n, params, seed=seed, stop_tokens=[tok.bos_id], n_samples=n_samples)
+    out = Engine(model).generate(ids, n, params, seed=seed, stop_tokens=[tok.bos_id], n_samples=n_samples,
+                                 context_shift=True)
     return [tok.decode(row) for row in out]
 
 
@@ -79,7 +80,10 @@ def test_greedy_no_stream_equals_stream(checkpoint: Path) -> None:
         (["--checkpoint", "{missing}", "--prompt", "a"], "no checkpoint directory"),
         (["--checkpoint", "{broken}", "--prompt", "a"], "config.json"),
         (["--checkpoint", "{ckpt}", "--prompt", "a", "--top-p", "1.5"], "top_p"),
-        (["--checkpoint", "{ckpt}", "--prompt", "a", "--max-tokens", "500"], "sequence_len"),
+        (["--checkpoint", "{ckpt}", "--prompt", "a", "--max-tokens", "500", "--no-context-shift"], "sequence_len"),
+        (["--checkpoint", "{ckpt}", "--prompt", "a" * 64], "context is 64"),
+        (["--checkpoint", "{ckpt}", "--prompt", "a", "--max-tokens", "abc"], "invalid int value"),
+        (["--checkpoint", "{ckpt}", "--prompt", "a", "--compile", "fastest"], "invalid choice"),
         (["--checkpoint", "{ckpt}", "--prompt", "a", "--device", "tpu"], "device"),
     ],
 )
@@ -103,3 +107,14 @@ def test_library_streams_piece_by_piece(checkpoint: Path) -> None:
     [text] = generate_from_checkpoint(checkpoint, "is", 25, params, seed=1, device="cpu", on_text=pieces.append)
     assert len(pieces) > 1 and "".join(pieces) == text
     assert text == expected_text(checkpoint, "is", 25, params, seed=1)[0]
+
+
+def test_output_longer_than_the_context_shifts_it(checkpoint: Path) -> None:
+    # the checkpoint's context is 64 tokens: 150 new ones need two shifts; the bos token is a stop token, so
+    # sampling stays away from it by keeping only the most likely tokens (it is rare in the random model's top 3)
+    args = ["--checkpoint", str(checkpoint), "--prompt", "ol", "--max-tokens", "150", "--seed", "5", "--top-k", "3"]
+    streamed, batch = cli(*args), cli(*args, "--no-stream")
+    assert streamed.returncode == 0 and batch.returncode == 0, streamed.stderr + batch.stderr
+    [text] = expected_text(checkpoint, "ol", 150, SamplingParams(temperature=0.8, top_k=3), seed=5)
+    assert streamed.stdout == batch.stdout == "ol" + text + "\n"
+    assert len(text) > 64

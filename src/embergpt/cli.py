@@ -2,7 +2,7 @@
 
 Each verb lives in `embergpt/commands/<verb>.py`, which defines
 `add_arguments(parser)` (cheap: no heavy imports) and `run(args) -> int`.
-Errors a user can cause (`EmbergptError`, `ValueError`) print one line and exit 2.
+Errors a user can cause (`EmbergptError`, `ValueError`, a bad flag) print one line and exit 2.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 # verb -> (module under embergpt.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -33,10 +34,19 @@ def _import_optional(name: str):
         raise
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag prints one line (not the whole usage block) and where to find help.
+
+    Sub-commands inherit the class: add_subparsers() builds its parsers with type(self)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from embergpt import __version__
 
-    parser = argparse.ArgumentParser(prog="embergpt", description="embergpt: a small-GPT toolkit.")
+    parser = _Parser(prog="embergpt", description="embergpt: a small-GPT toolkit.")
     parser.add_argument("--version", action="version", version=f"embergpt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for verb, (module_name, help_text) in COMMANDS.items():

@@ -10,7 +10,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint directory (from train)")
     parser.add_argument("--prompt", required=True, help="the text to continue; '-' reads it from stdin")
     parser.add_argument("--max-tokens", type=int, default=None,
-                        help="new tokens per sample (default: what fits in the context, at most 256)")
+                        help="new tokens per sample (default 256; beyond the model's context, see --context-shift)")
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     parser.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep mass >= p")
@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-samples", type=int, default=1, help="samples of the same prompt (one shared prefill)")
     parser.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                         help="print text as it is generated (default; single sample only)")
+    parser.add_argument("--context-shift", action=argparse.BooleanOptionalAction, default=True,
+                        help="when the output outgrows the model's context, keep its last half and go on (default); "
+                             "--no-context-shift makes that an error")
     parser.add_argument("--echo", action=argparse.BooleanOptionalAction, default=True,
                         help="print the prompt before the generated text (default)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: $EMBERGPT_DEVICE or best)")
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
         generate_from_checkpoint(
             args.checkpoint, prompt, args.max_tokens, sampling, args.seed, 1, args.device, args.dtype,
-            args.compile, on_text=on_text,
+            args.compile, on_text=on_text, context_shift=args.context_shift,
         )
         if not started and args.echo:
             write(prompt)
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     texts = generate_from_checkpoint(
         args.checkpoint, prompt, args.max_tokens, sampling, args.seed, args.n_samples, args.device, args.dtype,
-        args.compile,
+        args.compile, context_shift=args.context_shift,
     )
     for i, text in enumerate(texts):
         if args.n_samples > 1:

@@ -82,10 +82,6 @@ def _bool_from_env(name: str, value: str) -> bool:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    def one_line_error(message: str) -> None:
-        parser.exit(2, f"embergpt train: error: {message}\n")
-
-    parser.error = one_line_error  # type: ignore[method-assign]  # one line, not argparse's usage block
     groups: dict[str, argparse._ArgumentGroup] = {}
     for group, flag, kind, help_text in FLAGS:
         kind = threads if kind == "threads" else kind

@@ -329,34 +329,66 @@ class Engine:
         generator: torch.Generator | None,
         n_samples: int,
         attention: list | None,
+        context_shift: bool = False,
     ) -> Iterator[torch.Tensor]:
         """Yield the sampled tokens [B] (B = prompts x n_samples) at each step, max_new_tokens times.
 
         When `attention` is a list, the prefill's and every decode step's attention maps are appended to it, and
         one extra step runs at the end so that the last token's attention row exists too.
+
+        context_shift: instead of refusing a request longer than the model's sequence_len, generate in rounds:
+        when the batch's longest row fills the context, every row keeps its last sequence_len // 2 tokens,
+        which are prefilled into a fresh cache, and generation goes on from there.
         """
-        self._check_length(rows.padded_len, max_new_tokens)
+        shift = context_shift and self.sequence_len is not None and attention is None
+        self._check_length(rows.padded_len, 1 if shift else max_new_tokens)
         capture = attention is not None and self.supports_kv_cache  # uncached models: full forward at the end
-        if self.supports_kv_cache:
-            first, step = self._cached_runner(rows, max_new_tokens, n_samples, attention)
-        else:
-            first, step = self._uncached_runner(rows, max_new_tokens, n_samples)
+        base_len = rows.padded_len  # of the original prompts: where the repetition history's new tokens begin
+
+        def start(rows: _Rows, remaining: int, n_samples: int) -> tuple[Callable, Callable, int]:
+            n_round = min(remaining, self.sequence_len - rows.padded_len) if shift else remaining
+            if self.supports_kv_cache:
+                first, step = self._cached_runner(rows, n_round, n_samples, attention)
+            else:
+                first, step = self._uncached_runner(rows, n_round, n_samples)
+            return first, step, n_round
+
+        first, step, n_round = start(rows, max_new_tokens, n_samples)
         logits = first()
         B = logits.size(0)
         history = None
         if sampling.repetition_penalty != 1.0:  # prompt + generated ids; order is irrelevant, -1 = nothing
             lengths = torch.tensor(rows.lengths, device=self.device)
-            padding = torch.arange(rows.padded_len, device=self.device)[None] >= lengths[:, None]
+            padding = torch.arange(base_len, device=self.device)[None] >= lengths[:, None]
             prompt = rows.ids.masked_fill(padding, -1).repeat_interleave(n_samples, 0)
             history = torch.cat([prompt, torch.full((B, max_new_tokens), -1, device=self.device)], 1)
+        this_round: list[torch.Tensor] = []  # tokens sampled since the last prefill
         for i in range(max_new_tokens):
-            prev = None if history is None else history[:, : rows.padded_len + i]
+            prev = None if history is None else history[:, : base_len + i]
             tokens = sample_next_token(logits, sampling, generator, prev)
             if history is not None:
-                history[:, rows.padded_len + i] = tokens
+                history[:, base_len + i] = tokens
             yield tokens
-            if i + 1 < max_new_tokens or capture:
+            if i + 1 == max_new_tokens and not capture:
+                break
+            this_round.append(tokens)
+            if len(this_round) < n_round or not shift:
                 logits = step(tokens)
+                continue
+            # the context is full: keep each row's last sequence_len // 2 tokens and prefill them
+            rows = self._shifted(rows, n_samples, torch.stack(this_round, 1), self.sequence_len // 2)
+            n_samples, this_round = 1, []
+            first, step, n_round = start(rows, max_new_tokens - i - 1, 1)
+            logits = first()
+
+    def _shifted(self, rows: _Rows, n_samples: int, new: torch.Tensor, keep: int) -> _Rows:
+        """Each row's context (its prompt row + the new tokens [B, n]) cut to its last `keep` tokens."""
+        prompts = rows.ids.tolist()  # host syncs, once per shift
+        contexts = []
+        for b, generated in enumerate(new.tolist()):
+            p = b // n_samples
+            contexts.append((prompts[p][: rows.lengths[p]] + generated)[-keep:])
+        return self._rows(contexts)
 
     def _cached_runner(self, rows: _Rows, max_new_tokens: int, n_samples: int, attention: list | None) -> tuple:
         P = len(rows.lengths)
@@ -427,6 +459,7 @@ class Engine:
         stop_tokens: Sequence[int] = (),
         n_samples: int = 1,
         return_attention: bool = False,
+        context_shift: bool = False,
     ) -> list[list[int]] | tuple[list[list[int]], list[torch.Tensor]]:
         """Generate up to max_new_tokens after each prompt; returns the new ids, one list per row.
 
@@ -434,6 +467,9 @@ class Engine:
         of any lengths. Rows are ordered prompt by prompt, n_samples rows each. A row ends before its first stop
         token (which is not included). sampling defaults to greedy. With return_attention, also returns per row a
         [L, H, T, T] float tensor (lower-triangular attention probabilities over its prompt + generated tokens).
+        A prompt + max_new_tokens longer than the model's sequence_len is an error, unless context_shift: then
+        generation goes on in rounds, and whenever the longest row fills the context, every row keeps its last
+        sequence_len // 2 tokens (rows of a batch shift together; not with return_attention).
         """
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
@@ -445,7 +481,10 @@ class Engine:
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
         attention: list | None = [] if return_attention else None
         sampled: list[torch.Tensor] = []
-        for i, tokens in enumerate(self._steps(rows, max_new_tokens, sampling, generator, n_samples, attention)):
+        if return_attention and context_shift:
+            raise ValueError("return_attention and context_shift cannot be combined: the maps cover one context")
+        steps = self._steps(rows, max_new_tokens, sampling, generator, n_samples, attention, context_shift)
+        for i, tokens in enumerate(steps):
             sampled.append(tokens)
             if stops.numel():
                 done |= torch.isin(tokens, stops)
@@ -504,6 +543,7 @@ class Engine:
         sampling: SamplingParams | None = None,
         seed: int | None = None,
         stop_tokens: Sequence[int] = (),
+        context_shift: bool = False,
     ) -> Iterator[int]:
         """Yield each new token id of ONE prompt as soon as it is sampled (one host sync per step), until a stop
         token (not yielded) or max_new_tokens. Same tokens as generate() with the same arguments."""
@@ -511,7 +551,7 @@ class Engine:
         if len(rows.lengths) != 1:
             raise ValueError("stream() takes a single prompt; use generate() for batches")
         stops = set(stop_tokens)
-        steps = self._steps(rows, max_new_tokens, sampling or GREEDY, self._generator(seed), 1, None)
+        steps = self._steps(rows, max_new_tokens, sampling or GREEDY, self._generator(seed), 1, None, context_shift)
         for tokens in steps:
             token = int(tokens[0])
             if token in stops:
@@ -525,12 +565,13 @@ class Engine:
         sampling: SamplingParams | None = None,
         seed: int | None = None,
         stop_tokens: Sequence[int] = (),
+        context_shift: bool = False,
     ) -> Iterator[str]:
         """Like stream(), but yields text pieces, never splitting a UTF-8 character (needs a tokenizer)."""
         if self.tokenizer is None:
             raise ValueError("stream_text needs a tokenizer: Engine(model, tokenizer)")
         streamer = TextStreamer(self.tokenizer)
-        for token in self.stream(prompt, max_new_tokens, sampling, seed, stop_tokens):
+        for token in self.stream(prompt, max_new_tokens, sampling, seed, stop_tokens, context_shift):
             piece = streamer.push(token)
             if piece:
                 yield piece
@@ -546,11 +587,13 @@ class Engine:
         seed: int | None = None,
         stop_tokens: Sequence[int] = (),
         n_samples: int = 1,
+        context_shift: bool = False,
     ) -> list[str]:
         """Text in, one completion text per sample out (needs a tokenizer)."""
         if self.tokenizer is None:
             raise ValueError("generate_text needs a tokenizer: Engine(model, tokenizer)")
-        out = self.generate(prompt, max_new_tokens, sampling, seed, stop_tokens, n_samples)
+        out = self.generate(prompt, max_new_tokens, sampling, seed, stop_tokens, n_samples,
+                            context_shift=context_shift)
         return [self.tokenizer.decode(ids) for ids in out]
 
 
@@ -565,10 +608,13 @@ def generate_from_checkpoint(
     dtype: str | None = None,
     compile: bool | str = False,
     on_text: Callable[[str], None] | None = None,
+    context_shift: bool = True,
 ) -> list[str]:
     """Load a checkpoint and continue `prompt`: what `embergpt generate` does. Returns one text per sample.
 
-    max_new_tokens defaults to what fits in the model's context (at most 256). A sample ends early when the model
+    max_new_tokens defaults to 256. Output longer than the model's context is generated in rounds (context_shift,
+    see Engine.generate; with context_shift=False it is an error, and the default is what fits, at most 256). A
+    sample ends early when the model
     emits the BOS token (the start of a new document). With on_text and n_samples == 1, each piece of text is
     passed to on_text as soon as it is complete (never half a UTF-8 character); with n_samples > 1 the samples are
     generated as one batch sharing one prefill, and on_text receives each whole sample.
@@ -590,15 +636,16 @@ def generate_from_checkpoint(
     if room <= 0:
         raise ValueError(f"the prompt is {len(ids)} tokens; the model's context is {config.sequence_len}")
     if max_new_tokens is None:
-        max_new_tokens = min(256, room)
+        max_new_tokens = 256 if context_shift else min(256, room)
     stops = [tokenizer.bos_id]
     if n_samples == 1 and on_text is not None:
         pieces = []
-        for piece in engine.stream_text(ids, max_new_tokens, sampling, seed, stops):
+        for piece in engine.stream_text(ids, max_new_tokens, sampling, seed, stops, context_shift):
             pieces.append(piece)
             on_text(piece)
         return ["".join(pieces)]
-    texts = [tokenizer.decode(t) for t in engine.generate(ids, max_new_tokens, sampling, seed, stops, n_samples)]
+    out = engine.generate(ids, max_new_tokens, sampling, seed, stops, n_samples, context_shift=context_shift)
+    texts = [tokenizer.decode(t) for t in out]
     if on_text is not None:
         for text in texts:
             on_text(text)
