@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train = sub.add_parser(
         "train",
         help="train a tokenizer on a text source and save it as one JSON file",
-        description="Train on all but the last 10%% of SOURCE; print the vocab size, the time taken and the "
+        description="Train on all but the last 10% of SOURCE; print the vocab size, the time taken and the "
         "compression (bytes per token) on that held-out tail.",
     )
     train.add_argument(

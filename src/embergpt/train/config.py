@@ -146,11 +146,16 @@ class TrainConfig:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """The config a checkpoint was trained with, set to resume from it (and write beside it), with overrides."""
+        """The config a checkpoint was trained with, set to resume from it (and write beside it), with overrides.
+
+        Passing steps or time_budget replaces the stored budget (both kinds): `--resume ... --steps 4000` trains
+        to step 4000 even when the run was stopped by a time budget."""
         from embergpt.train.checkpoints import stored_train_config
 
         stored = stored_train_config(path)
         stored.update(resume=str(path), out=str(Path(path).parent))
+        if overrides.keys() & {"steps", "time_budget"}:  # a new budget replaces the stored one, of either kind
+            stored.update(steps=None, time_budget=None)
         stored.update(overrides)
         return cls.from_dict(stored)
 
