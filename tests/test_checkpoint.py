@@ -185,10 +185,17 @@ def test_kill_during_save_leaves_a_loadable_checkpoint(tmp_path):
     path = tmp_path / "ck"
     for attempt in range(6):
         proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(0.3 + 0.17 * attempt)  # land the kill at different moments of a save
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            if attempt == 0:  # a kill before the first save completes would leave nothing to load: wait for it
+                deadline = time.monotonic() + 120
+                while not (path / "metadata.json").exists():
+                    assert proc.poll() is None and time.monotonic() < deadline, "the first save never completed"
+                    time.sleep(0.01)
+            time.sleep(0.3 + 0.17 * attempt)  # land the kill at different moments of a save
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
         ck = load_checkpoint(path)  # the previous or the new checkpoint, never a broken one
         step = ck.metadata["step"]
         assert torch.all(ck.model.lm_head.weight == step)

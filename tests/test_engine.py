@@ -171,7 +171,10 @@ def test_models_without_kv_cache_fall_back_to_full_forward() -> None:
         PROMPTS[0], 20, params, seed=1, n_samples=2
     )
     ids, maps = uncached.generate(PROMPTS[1], 6, return_attention=True)
-    assert maps[0].shape[-1] == len(PROMPTS[1]) + 6
+    ref_ids, ref_maps = cached.generate(PROMPTS[1], 6, return_attention=True)
+    assert ids == ref_ids and len(maps) == len(ref_maps) == 1
+    assert maps[0].shape == ref_maps[0].shape == (2, 4, len(PROMPTS[1]) + 6, len(PROMPTS[1]) + 6)
+    assert torch.allclose(maps[0], ref_maps[0], atol=1e-5)
 
 
 def test_too_long_requests_are_clear_errors() -> None:
@@ -242,8 +245,9 @@ def test_compiled_decode_step_equals_eager_without_recompiling() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-4), (torch.bfloat16, 0.15)])
-def test_max_autotune_decode_step_equals_eager(dtype: torch.dtype, atol: float) -> None:
+# bf16: the logits (|x| up to ~5) differ by at most 0.079 here (measured): rounding in a different order
+@pytest.mark.parametrize("dtype, atol, rtol", [(torch.float32, 1e-4, 1e-4), (torch.bfloat16, 0.1, 0.0)])
+def test_max_autotune_decode_step_equals_eager(dtype: torch.dtype, atol: float, rtol: float) -> None:
     """The autotuned step (C++ GEMM templates, frozen prepacked weights) against the eager step, logits per step."""
     from torch._dynamo.utils import counters
 
@@ -258,7 +262,7 @@ def test_max_autotune_decode_step_equals_eager(dtype: torch.dtype, atol: float) 
     for _ in range(20):
         token = ref.argmax(-1)
         logits, ref = tuned.decode_step(token, cache), eager.decode_step(token, ref_cache)
-        assert torch.allclose(logits, ref, atol=atol, rtol=atol)
+        assert torch.allclose(logits, ref, atol=atol, rtol=rtol)
     # the tuned engine compiled its own graph rather than reusing the plain engine's (graphs are cached per code
     # object and their guards check the engine's type only, so each Engine compiles a private copy of its step)
     assert counters["stats"]["unique_graphs"] == 2
@@ -387,13 +391,18 @@ def test_decode_benchmark_reports_every_figure() -> None:
 
     parser = argparse.ArgumentParser()
     decode.add_arguments(parser)
-    args = parser.parse_args(["--new-tokens", "4", "--repeats", "1", "--positions", "8,16", "--latency-steps", "2",
-                              "--batch", "2", "--dtypes", "float32", "--modes", "eager", "--no-hf"])
+    args = parser.parse_args(["--prompt-len", "16", "--new-tokens", "4", "--repeats", "1", "--positions", "8,16",
+                              "--latency-steps", "2", "--batch", "2", "--dtypes", "float32", "--modes", "eager",
+                              "--no-hf"])
     report = decode.run(args)
     entry = report["engine"]["eager-float32"]
     c = PRESETS["bench"]
-    weights = (GPT(c).num_params() - c.vocab_size * c.n_embd + c.n_embd) * 4
-    assert entry["bytes_per_token"] >= weights
+    # a decode step reads every float32 weight but only one row of the embedding table ...
+    weights = (sum(p.numel() for p in GPT(c).parameters()) - c.vocab_size * c.n_embd + c.n_embd) * 4
+    # ... and, eager, K and V of every position so far: 3 decode steps after the 16-token prompt (the 4th token
+    # comes from the prefill) attend over 17, 18 and 19 positions
+    kv_per_position = 2 * c.n_layer * c.n_kv_head * (c.n_embd // c.n_head) * 4
+    assert entry["bytes_per_token"] == int(weights + kv_per_position * (17 + 18 + 19) / 3)
     assert entry["tok_s"] > 0 and entry["batch2_tok_s"] > 0 and set(entry["latency_ms"]) == {"8", "16"}
     assert set(report["goals"]) == {"latency_ratio", "batch_scaling"}
     assert all(isinstance(g["goal_met"], bool) for g in report["goals"].values())

@@ -167,8 +167,33 @@ def test_invalid_params_raise_value_error_naming_the_field(kwargs: dict) -> None
 
 
 def test_valid_edge_params_are_accepted() -> None:
-    SamplingParams(temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
-    SamplingParams(temperature=2, top_k=1, top_p=1e-6, min_p=1.0, repetition_penalty=0.5)
+    logits = torch.tensor([[0.5, 2.0, -1.0, 3.0, 0.0, 3.0, -2.5, 1.0]])  # the max (3.0) is tied at ids 3 and 5
+    prev = torch.tensor([[1, 2, -1]])  # ids 1 (positive logit) and 2 (negative) seen; -1 is padding
+
+    # every "off" value is accepted and leaves the logits exactly as they were
+    off = SamplingParams(temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
+    assert torch.equal(apply_top_k(logits, off.top_k), logits)
+    assert torch.equal(apply_top_p(logits, off.top_p), logits)
+    assert torch.equal(apply_min_p(logits, off.min_p), logits)
+    assert torch.equal(apply_repetition_penalty(logits, prev, off.repetition_penalty), logits)
+    assert off.greedy and sample_next_token(logits, off, None, prev).item() == int(logits.argmax())
+    assert kept(filter_logits(logits, SamplingParams(top_k=0, top_p=1.0, min_p=0.0))) == set(range(8))
+
+    # the tightest values keep only the most likely token(s)
+    tight = SamplingParams(temperature=2, top_k=1, top_p=1e-6, min_p=1.0, repetition_penalty=0.5)
+    assert kept(apply_top_k(logits, tight.top_k)) in ({3}, {5})  # exactly one of the tied maxima
+    assert kept(apply_top_p(logits, tight.top_p)) in ({3}, {5})
+    assert kept(apply_min_p(logits, tight.min_p)) == {3, 5}  # the max and its tie, nothing else
+    untied = torch.tensor([[0.5, 2.0, -1.0, 3.0, 0.0, 2.999, -2.5, 1.0]])
+    assert kept(apply_top_p(untied, 1e-6)) == {3} and kept(apply_min_p(untied, 1.0)) == {3}
+    # a penalty below 1 favours the seen tokens: a positive logit is divided by 0.5, a negative one multiplied
+    boosted = apply_repetition_penalty(logits, prev, tight.repetition_penalty)
+    expected = logits.clone()
+    expected[0, 1], expected[0, 2] = 2.0 / 0.5, -1.0 * 0.5
+    assert torch.equal(boosted, expected)
+    # all together: the seen id 1 (now 4.0) is the only token left, so every seeded draw picks it
+    draws = {sample_next_token(logits, tight, torch.Generator().manual_seed(s), prev).item() for s in range(20)}
+    assert draws == {1}
 
 
 def test_draw_matches_the_distribution_and_never_picks_zero_mass():

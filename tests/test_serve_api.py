@@ -7,6 +7,7 @@ import concurrent.futures
 import json
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -21,7 +22,7 @@ from embergpt.serve.chat_template import render_chat
 from embergpt.serve.loading import latest_checkpoint
 from embergpt.serve.output_text import OutputText
 from embergpt.serve.rate_limit import TokenBucketLimiter
-from embergpt.serve.scheduler import Scheduler
+from embergpt.serve.scheduler import Job, Scheduler
 from embergpt.serve.settings import ServeSettings, resolve_settings
 from embergpt.tokenizer import BPETokenizer, CharTokenizer
 
@@ -187,7 +188,12 @@ def test_client_disconnect_cancels_the_generation(server_url):
     def counters():
         return httpx.get(server_url + "/api/health").json()["scheduler"]
 
-    req = {"prompt": "HAMLET:", "max_tokens": 180, "temperature": 1.0, "seed": 3}
+    req = {"prompt": "HAMLET:", "max_tokens": 180, "temperature": 0.0}
+    start = time.perf_counter()
+    full = post(server_url, "/api/generate", req).json()
+    full_seconds = time.perf_counter() - start
+    # greedy, this prompt never samples the stop token: unless cancelled, the generation makes all 180 tokens
+    assert full["finish_reason"] == "length" and full["usage"]["completion_tokens"] == req["max_tokens"]
     for streaming in (True, False):
         before = counters()
         if streaming:
@@ -196,8 +202,10 @@ def test_client_disconnect_cancels_the_generation(server_url):
                     if '"type":"token"' in line:
                         break  # leaving the block closes the connection
         else:
+            # the client gives up after a small fraction of the time the whole generation takes
+            timeout = httpx.Timeout(60, read=min(0.05, full_seconds / 10))
             with pytest.raises(httpx.TimeoutException):
-                httpx.post(server_url + "/api/generate", json=req, timeout=httpx.Timeout(60, read=0.05))
+                httpx.post(server_url + "/api/generate", json=req, timeout=timeout)
         deadline = time.monotonic() + 10
         while counters()["cancelled"] == before["cancelled"] and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -361,30 +369,49 @@ def test_latest_checkpoint_prefers_final_then_the_highest_step(tmp_path):
 
 def test_scheduler_joins_new_requests_into_a_running_batch():
     model = make_model(40, seed=3)
+    specs = [
+        ([1, 2, 3], 70, SamplingParams(0.0), 0),
+        ([5], 40, SamplingParams(1.0, top_k=8), 11),
+        ([7, 7, 7, 7, 7, 7], 55, SamplingParams(0.8, top_p=0.9, repetition_penalty=1.3), 12),
+        ([9, 1], 30, SamplingParams(1.0, min_p=0.05), 13),
+        ([2] * 20, 25, SamplingParams(0.5), 14),  # more jobs than rows: waits for a free slot
+    ]
     scheduler = Scheduler(model, max_batch=4)
+    log: list[tuple[int, str]] = []  # (job, event kind) in the order the worker reported them
+    ended = [threading.Event() for _ in specs]
+
+    def sink_of(k: int):
+        def sink(events):
+            for e in events:
+                first_token = e.kind == "token" and (k, "token") not in log
+                log.append((k, e.kind))
+                if first_token and k + 1 < len(specs):
+                    scheduler.submit(jobs[k + 1])  # job k is decoding now: the next one arrives mid-batch
+                if e.kind != "token":
+                    ended[k].set()
+
+        return sink
+
+    jobs = [Job(list(p), n, params, sink_of(k), seed) for k, (p, n, params, seed) in enumerate(specs)]
     try:
-        jobs = [
-            ([1, 2, 3], 70, SamplingParams(0.0), None),
-            ([5], 40, SamplingParams(1.0, top_k=8), 11),
-            ([7, 7, 7, 7, 7, 7], 55, SamplingParams(0.8, top_p=0.9, repetition_penalty=1.3), 12),
-            ([9, 1], 30, SamplingParams(1.0, min_p=0.05), 13),
-            ([2] * 20, 25, SamplingParams(0.5), 14),  # more jobs than rows: waits for a free slot
-        ]
-        solo = [scheduler.generate(p, n, params, seed) for p, n, params, seed in jobs]
-        steps_before = scheduler.stats()["decode_steps"]
-        with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
-            futures = []
-            for p, n, params, seed in jobs:
-                futures.append(pool.submit(scheduler.generate, p, n, params, seed))
-                time.sleep(0.01)  # staggered: later jobs join a batch already decoding
-            together = [f.result() for f in futures]
+        before = scheduler.stats()
+        scheduler.submit(jobs[0])
+        assert all(e.wait(60) for e in ended)
         stats = scheduler.stats()
-        assert together == solo
-        assert stats["decode_steps"] - steps_before < sum(len(t) for t in together) - len(jobs)
+        assert sorted(entry for entry in log if entry[1] != "token") == [(k, "done") for k in range(len(specs))]
+        first_token = {k: log.index((k, "token")) for k in range(len(specs))}
+        done = {k: log.index((k, "done")) for k in range(len(specs))}
+        for k in range(3):  # job k+1 joined while job k was running, and job k went on decoding beside it
+            assert first_token[k + 1] < done[k]
+            assert (k, "token") in log[first_token[k + 1] :]
+        assert first_token[4] > min(done[k] for k in range(4))  # the fifth job waited for a row to free up
+        assert stats["prefill_forwards"] - before["prefill_forwards"] == len(specs)  # each prefilled on arrival
+        rows, steps = (stats[n] - before[n] for n in ("decode_rows", "decode_steps"))
+        assert rows / steps > 2  # and decoded together
         assert stats["active"] == 0
         with torch.inference_mode():
-            for (p, n, params, seed), got in zip(jobs, together):
-                assert got == reference_generate(model, p, n, params, seed if seed is not None else 0)
+            for (p, n, params, seed), job in zip(specs, jobs):
+                assert job.generated == reference_generate(model, p, n, params, seed)
     finally:
         scheduler.close()
 
@@ -481,19 +508,24 @@ def test_cache_view_writes_land_in_the_base_cache():
 
 def test_a_failing_row_does_not_disturb_the_batch():
     model = make_model(40, seed=6)
-    scheduler = Scheduler(model, max_batch=4)
+    good = [([3, 4, 5], 60, SamplingParams(0.9), 21), ([8, 1], 50, SamplingParams(1.0, top_k=12), 22)]
+    # SamplingParams accepts it, but dividing the logits by it overflows: the row's sampling raises
+    bad = ([1, 2], 20, SamplingParams(5e-324), 1)
+    scheduler = Scheduler(model, max_batch=4, autostart=False)
     try:
-        good = ([3, 4, 5], 60, SamplingParams(0.9), 21)
-        solo = scheduler.generate(*good)
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            ok = pool.submit(scheduler.generate, *good)
-            time.sleep(0.02)
-            # SamplingParams accepts it, but dividing the logits by it overflows: the row's sampling raises
-            bad = pool.submit(scheduler.generate, [1, 2], 20, SamplingParams(5e-324), 1)
-            with pytest.raises(RuntimeError, match="sampling failed"):
-                bad.result()
-            assert ok.result() == solo
-        assert scheduler.stats()["errors"] == 1
+        # all queued before the worker starts: one batch, the failing row between the good ones (its slot is
+        # then refilled by moving the last good row's cache)
+        futures = [scheduler.generate_async(*job) for job in (good[0], bad, good[1])]
+        scheduler.start()
+        with pytest.raises(RuntimeError, match="sampling failed"):
+            futures[1].result(timeout=60)
+        results = [futures[0].result(timeout=60), futures[2].result(timeout=60)]
+        stats = scheduler.stats()
+        assert stats["errors"] == 1 and stats["completed"] == 2
+        assert stats["prefill_forwards"] == 1  # the failing row was sampled in the same batch as the good ones
+        assert stats["decode_rows"] / stats["decode_steps"] > 1  # and the good rows went on decoding together
+        with torch.inference_mode():
+            assert results == [reference_generate(model, *job) for job in good]
     finally:
         scheduler.close()
 

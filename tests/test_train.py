@@ -10,6 +10,8 @@ from safetensors.torch import load_file
 
 from embergpt.cli import main as cli_main
 from embergpt.commands import train as train_command
+from embergpt.config import PRESETS
+from embergpt.data import load_text
 from embergpt.ladder import LADDER
 from embergpt.train import TrainConfig, train
 from embergpt.train.checkpoints import load_optimizer_tensors, optimizer_tensors, prune_periodic
@@ -98,6 +100,13 @@ def test_documents_mode_on_names(tmp_path):
     )
     meta = json.loads((tmp_path / "names" / "final" / "metadata.json").read_text())
     assert meta["train_config"]["data_mode"] == "auto" and result.val_loss is not None
+    # documents mode cuts the sequence to the longest name plus its BOS, rounded up to a multiple of 8
+    # (window mode would keep the preset's sequence_len, which is larger)
+    longest_name = max(len(line.strip()) for line in load_text("builtin:names").splitlines())
+    expected = math.ceil((longest_name + 1) / 8) * 8
+    assert expected < PRESETS["tiny"].sequence_len
+    saved = json.loads((tmp_path / "names" / "final" / "config.json").read_text())
+    assert saved["sequence_len"] == expected
     assert detect_data_mode("emma\nolivia\nava\n") == "documents"
     assert detect_data_mode(TEXT) == "window"
     assert detect_data_mode("First Citizen:\nBefore we proceed.\n\nAll:\nSpeak.\n") == "window"
@@ -213,15 +222,29 @@ def test_cli_trains_and_says_how_to_serve(corpus, tmp_path, capsys):
 
 
 def test_time_budget_stops_on_the_clock_and_evaluates_on_it(corpus, tmp_path):
-    result = train(tiny(corpus, tmp_path / "timed", steps=None, time_budget=1.0, eval_interval=0, eval_seconds=0.4))
-    assert 1.0 <= result.train_seconds < 5.0 and result.checkpoint.name == "final"
+    budget, every = 1.0, 0.4
+    cfg = tiny(corpus, tmp_path / "timed", steps=None, time_budget=budget, eval_interval=0, eval_seconds=every)
+    result = train(cfg)
     records = read_metrics(tmp_path / "timed" / "metrics.jsonl")
     train_records = [r for r in records if r["kind"] == "train"]
-    assert train_records[-2]["elapsed"] < 1.0 <= train_records[-1]["elapsed"]  # stopped at the first step past it
+    assert [r["step"] for r in train_records] == list(range(1, len(train_records) + 1))
+    clock = [0.0] + [r["elapsed"] for r in train_records]  # training seconds at step 0, 1, 2, ...
+    assert all(a < b for a, b in zip(clock, clock[1:]))
+    # stopped at the first step that reached the budget, however long the steps took
+    assert clock[-2] < budget <= clock[-1] and result.train_seconds == pytest.approx(clock[-1])
+    assert result.step == len(train_records) and result.checkpoint.name == "final"
+    # evaluated at step 0, after every (non-final) step whose clock passed a multiple of `every`, and at the end
+    passed = [s for s in range(1, len(clock) - 1) if math.floor(clock[s] / every) > math.floor(clock[s - 1] / every)]
     evals = [r for r in records if r["kind"] == "eval"]
-    assert evals[0]["step"] == 0 and evals[-1]["step"] == result.step and len(evals) >= 4  # 0, ~0.4, ~0.8, end
+    assert [r["step"] for r in evals] == [0, *passed, result.step]
+    assert all(r["elapsed"] == pytest.approx(clock[r["step"]]) for r in evals)
+    # the cosine follows the clock: step s runs at the lr of progress = (training seconds before it) / budget
     lrs = [r["lr"] for r in train_records]
-    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.2 * lrs[0]  # the cosine follows the clock
+    min_frac = TrainConfig().min_lr_frac
+    for step, lr in enumerate(lrs, start=1):
+        progress = min(1.0, clock[step - 1] / budget)
+        cosine = min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * progress))
+        assert lr == pytest.approx(lrs[0] * cosine, rel=1e-9), step
 
 
 def test_threads_setting_is_scoped_to_the_run(corpus, tmp_path):
@@ -239,7 +262,8 @@ def test_compiled_training_matches_eager_and_saves_the_plain_module(corpus, tmp_
     compiled = train(tiny(corpus, tmp_path / "compiled", steps=4, eval_interval=0, compile=True))
     a = [r for r in read_metrics(eager.metrics_path) if r["kind"] == "train"]
     b = [r for r in read_metrics(compiled.metrics_path) if r["kind"] == "train"]
-    for ra, rb in zip(a, b):
+    assert len(a) == len(b) == 4
+    for ra, rb in zip(a, b, strict=True):
         assert abs(ra["train_loss"] - rb["train_loss"]) < 1e-4  # kernels fuse differently: not bitwise
     saved = weights(compiled.checkpoint)
     assert saved.keys() == weights(eager.checkpoint).keys()  # no "_orig_mod." prefixes
