@@ -406,3 +406,27 @@ def test_decode_benchmark_reports_every_figure() -> None:
     assert entry["tok_s"] > 0 and entry["batch2_tok_s"] > 0 and set(entry["latency_ms"]) == {"8", "16"}
     assert set(report["goals"]) == {"latency_ratio", "batch_scaling"}
     assert all(isinstance(g["goal_met"], bool) for g in report["goals"].values())
+
+
+def test_decode_benchmark_measures_hf_on_a_model_of_the_same_size() -> None:
+    """The HF baseline runs in the same report, on a LlamaForCausalLM that reads the same bytes of weights."""
+    import argparse
+
+    pytest.importorskip("transformers")
+    from embergpt.bench import decode
+
+    parser = argparse.ArgumentParser()
+    decode.add_arguments(parser)
+    args = parser.parse_args(["--new-tokens", "4", "--repeats", "1", "--positions", "8,16", "--latency-steps", "2",
+                              "--batch", "2", "--dtypes", "float32", "--modes", "eager"])
+    report = decode.run(args)
+    entry, hf = report["engine"]["eager-float32"], report["hf"]
+    assert report["hf_error"] is None and hf["model"] == "LlamaForCausalLM" and hf["tok_s"] > 0
+    # SwiGLU at 2/3 of the width: the same weights but Llama's RMSNorm gains (2 per layer + 1, 384 floats each)
+    from embergpt.config import PRESETS
+
+    c = PRESETS["bench"]
+    gains_mb = (2 * c.n_layer + 1) * c.n_embd * 4 / 2**20
+    assert hf["weights_mb"] == pytest.approx(entry["weights_mb"] + gains_mb, abs=0.06)
+    assert entry["vs_hf"] == pytest.approx(entry["tok_s"] / hf["tok_s"], rel=0.01, abs=0.006)
+    assert set(report["goals"]) == {"vs_hf", "latency_ratio", "batch_scaling"}
