@@ -341,7 +341,7 @@ class Engine:
         which are prefilled into a fresh cache, and generation goes on from there.
         """
         shift = context_shift and self.sequence_len is not None and attention is None
-        self._check_length(rows.padded_len, 1 if shift else max_new_tokens)
+        self._check_length(rows.padded_len, min(1, max_new_tokens) if shift else max_new_tokens)
         capture = attention is not None and self.supports_kv_cache  # uncached models: full forward at the end
         base_len = rows.padded_len  # of the original prompts: where the repetition history's new tokens begin
 
@@ -371,8 +371,9 @@ class Engine:
             yield tokens
             if i + 1 == max_new_tokens and not capture:
                 break
-            this_round.append(tokens)
-            if len(this_round) < n_round or not shift:
+            if shift:
+                this_round.append(tokens)
+            if not shift or len(this_round) < n_round:
                 logits = step(tokens)
                 continue
             # the context is full: keep each row's last sequence_len // 2 tokens and prefill them
