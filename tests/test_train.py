@@ -73,14 +73,17 @@ def test_resume_is_bitwise_identical(corpus, tmp_path, settings):
 
 def test_periodic_checkpoints_keep_the_k_most_recent(corpus, tmp_path):
     out = tmp_path / "run"
-    (out / "interrupted-step-3").mkdir(parents=True)  # an earlier interrupt: never pruned
-    train(tiny(corpus, out, steps=10, eval_interval=0, checkpoint_interval=2, checkpoint_keep=2))
+    # an earlier run stopped at step 3 (its checkpoint renamed as an interrupt leaves it), then resumed from it:
+    # the resumed run prunes its own periodic checkpoints but never the interrupted one
+    train(tiny(corpus, out, steps=3, eval_interval=0))
+    (out / "final").rename(out / "interrupted-step-3")
+    train(TrainConfig.from_checkpoint(out / "interrupted-step-3", steps=10, checkpoint_interval=2, checkpoint_keep=2))
     names = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert names == ["final", "interrupted-step-3", "step-000006", "step-000008"]
     meta = json.loads((out / "step-000008" / "metadata.json").read_text())
     assert meta["step"] == 8 and meta["interrupted"] is False
     records = read_metrics(out / "metrics.jsonl")
-    assert [r["step"] for r in records if r["kind"] == "eval"] == [10]  # eval_interval 0: only at the end
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [3, 10]  # eval_interval 0: at each run's end
     assert (out / "loss.png").stat().st_size > 0
 
 

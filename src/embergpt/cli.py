@@ -72,11 +72,21 @@ def main(argv: list[str] | None = None) -> int:
     except (EmbergptError, ValueError) as e:
         print(f"embergpt {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a path the user gave: a directory for a file, a read-only place, a full disk
+        if isinstance(e, BrokenPipeError):
+            return 0
+        where = f": {e.filename}" if e.filename else ""
+        print(f"embergpt {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if not isinstance(e, MemoryError) and "can't allocate memory" not in str(e) and "out of memory" not in str(e):
+            raise
+        print(f"embergpt {args.command}: error: out of memory; ask for less (a smaller batch, model, "
+              f"--n-samples or --max-tokens)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"embergpt {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
 
 
 if __name__ == "__main__":

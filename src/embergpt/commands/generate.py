@@ -36,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from embergpt.inference.engine import generate_from_checkpoint
     from embergpt.sampling import SamplingParams
 
+    if args.prompt == "-" and sys.stdin is None:
+        raise ValueError("--prompt - reads the prompt from stdin, but stdin is closed; pipe the text in")
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if args.n_samples < 1:
         raise ValueError(f"--n-samples must be >= 1, got {args.n_samples}")

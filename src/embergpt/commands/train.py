@@ -53,6 +53,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("run", "--checkpoint-interval", int, "save OUT/step-NNNNNN every N steps (default 0: final only)"),
     ("run", "--checkpoint-keep", int, "periodic checkpoints kept, 0 = all (default 3)"),
     ("run", "--resume", str, "continue from this checkpoint directory (exactly, on CPU)"),
+    ("run", "--overwrite", bool, "replace a run already in OUT (without it, such an OUT is an error)"),
     ("run", "--demo", bool, "the `make demo` run: char-level Shakespeare on the CPU (~2 minutes)"),
     ("run", "--quiet", bool, "no progress bar, no samples: only errors and the final summary"),
 ]
@@ -122,6 +123,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
     demo = settings.pop("demo", False)
     settings["verbose"] = not settings.pop("quiet", False)  # not inherited from a resumed run's config
     resume = settings.get("resume")
+    if demo and resume is not None:
+        raise ValueError("--demo starts a new run; to continue one, pass --resume alone (e.g. --resume "
+                         "runs/shakespeare/final --steps 1000)")
+    if resume is not None and settings.get("model") == "compare":
+        raise ValueError("--model compare trains four new models; it cannot --resume (resume each model's own run)")
     if resume is not None:
         return TrainConfig.from_checkpoint(resume, **settings)
     return demo_config(**settings) if demo else TrainConfig(**settings)

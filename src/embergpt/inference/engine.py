@@ -635,7 +635,8 @@ def generate_from_checkpoint(
     ids = engine.encode(prompt)
     room = config.sequence_len - len(ids)
     if room <= 0:
-        raise ValueError(f"the prompt is {len(ids)} tokens; the model's context is {config.sequence_len}")
+        raise ValueError(f"the prompt is {len(ids)} tokens; the model's context is {config.sequence_len}: "
+                         f"shorten the prompt to at most {config.sequence_len - 1} tokens so that new ones fit")
     if max_new_tokens is None:
         max_new_tokens = 256 if context_shift else min(256, room)
     stops = [tokenizer.bos_id]

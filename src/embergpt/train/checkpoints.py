@@ -28,6 +28,41 @@ PERIODIC = re.compile(r"step-(\d{6,})")
 STATE_FILE = "train_state"
 
 
+INTERRUPTED = re.compile(r"interrupted-step-(\d+)")
+
+
+def earlier_run(out: Path) -> list[str]:
+    """What of an earlier training run `out` holds: final, step-*, interrupted-step-*, metrics.jsonl."""
+    if not out.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in out.iterdir()
+        if p.name in ("final", "metrics.jsonl") or PERIODIC.fullmatch(p.name) or INTERRUPTED.fullmatch(p.name)
+    )
+
+
+def check_out_dir(out: Path, overwrite: bool, remove: bool) -> None:
+    """A new run's output directory: refuse one that holds an earlier run unless overwrite, which (when remove)
+    deletes that run's periodic and interrupted checkpoints now, so they cannot mix with the new run's. Its final
+    checkpoint stays until the new run replaces it, atomically; metrics.jsonl is rewritten."""
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"--out {out} is a file; pass a directory")
+    found = earlier_run(out)
+    if not found:
+        return
+    if not overwrite:
+        shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+        raise CheckpointError(
+            f"{out} already holds a training run ({shown}); pass another --out, --resume {out / 'final'} to "
+            "continue it, or --overwrite to replace it"
+        )
+    if remove:
+        for name in found:
+            if PERIODIC.fullmatch(name) or INTERRUPTED.fullmatch(name):
+                shutil.rmtree(out / name)
+
+
 def periodic_name(step: int) -> str:
     return f"step-{step:06d}"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ class TrainConfig:
     checkpoint_interval: int = 0  # 0 = only the final (and an interrupted) checkpoint
     checkpoint_keep: int = 3  # periodic checkpoints kept; 0 = keep all
     resume: str | None = None
+    overwrite: bool = False  # replace a run already in `out` (its step-*/interrupted-* go at once, final at the end)
     verbose: bool = True
 
     def __post_init__(self) -> None:
@@ -85,16 +87,20 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         for name in ("lr", "embedding_lr", "unembedding_lr", "time_budget", "eval_seconds"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         if not 0.0 <= self.min_lr_frac <= 1.0:
             raise ValueError(f"min_lr_frac must be in [0, 1], got {self.min_lr_frac!r}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("weight_decay and grad_clip must be >= 0")
+        for name in ("weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.model == "compare" and self.resume is not None:
+            raise ValueError("--model compare trains four new models; it cannot --resume (resume each model's own run)")
         if self.threads is not None and self.threads != "auto":
             _positive_int("threads", self.threads)
         if self.tokenizer in ("char", "bpe") or Path(self.tokenizer).suffix == ".json":
@@ -188,6 +194,7 @@ def demo_config(**overrides: Any) -> TrainConfig:
         device="cpu",
         threads="auto",
         out="runs/shakespeare",
+        overwrite=True,  # `make demo` again replaces the previous demo run
         sample_tokens=300,
     )
     return base.replace(**overrides)

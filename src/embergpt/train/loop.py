@@ -32,6 +32,7 @@ from embergpt.device import autocast, dtype_name, resolve_dtype
 from embergpt.errors import CheckpointError
 from embergpt.train.checkpoints import (
     TrainState,
+    check_out_dir,
     interrupted_name,
     load_optimizer_tensors,
     periodic_name,
@@ -169,6 +170,8 @@ def run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
             raise CheckpointError(f"cannot resume: {cfg.resume} is not a checkpoint directory")
         resumed = load_checkpoint(cfg.resume)
         point = read_resume_point(cfg.resume)
+    else:  # every rank checks (and fails) alike; only rank 0 deletes
+        check_out_dir(out, cfg.overwrite, remove=main)
 
     torch.manual_seed(cfg.seed)
     text = load_text(cfg.data)
