@@ -70,3 +70,19 @@ def test_a_bug_is_not_disguised_as_a_user_error(monkeypatch) -> None:
     monkeypatch.setattr(check_features, "run", bug)
     with pytest.raises(RuntimeError, match="internal bug"):  # a traceback for us, not a one-line "user error"
         cli.main(["check-features"])
+
+
+def test_a_run_directory_instead_of_its_checkpoint_names_the_checkpoint(checkpoint: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for f in checkpoint.iterdir():
+        (run_dir / "final").mkdir(exist_ok=True)
+        (run_dir / "final" / f.name).write_bytes(f.read_bytes())
+    one_line_error(run("generate", "--checkpoint", str(run_dir), "--prompt", "a"), "generate",
+                   f"pass {run_dir / 'final'}")
+    one_line_error(run("train", "--resume", str(run_dir)), "train", f"--resume {run_dir / 'final'}")
+
+
+def test_a_seed_out_of_range(checkpoint: Path) -> None:
+    one_line_error(run("generate", "--checkpoint", str(checkpoint), "--prompt", "a", "--seed", str(2**70)),
+                   "generate", "seed must be an integer in [0, 2**63)")

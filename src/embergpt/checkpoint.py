@@ -238,6 +238,8 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: no checkpoint directory here (pass the directory holding config.json)")
     for name in REQUIRED_FILES:
         if not (path / name).is_file():
+            if (path / "final" / name).is_file():  # a run directory: its checkpoint is one level down
+                raise CheckpointError(f"{path} is a training run, not a checkpoint; pass {path / 'final'}")
             raise CheckpointError(f"{path}: missing {name}; this is not a complete embergpt checkpoint")
 
     metadata = _read_json(path / "metadata.json")

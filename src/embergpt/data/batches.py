@@ -313,7 +313,7 @@ class WindowSampler(_Sampler):
         if len(self.ids) < seq_len + 1:
             raise ValueError(
                 f"only {len(self.ids)} tokens to sample from, fewer than seq_len + 1 = {seq_len + 1}; "
-                "use a shorter seq_len, more text, or a larger validation fraction"
+                "use a shorter --seq-len or more text"
             )
 
     def _identity(self) -> dict[str, Any]:

@@ -448,6 +448,8 @@ class Engine:
     # ------------------------------------------------------------------ public generation API
 
     def _generator(self, seed: int | None) -> torch.Generator | None:
+        if seed is not None and not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {seed}")
         return None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
 
     @torch.no_grad()

@@ -67,7 +67,7 @@ class CharTokenizer(Tokenizer):
         raise TokenizerError(
             f"character {c!r} (U+{ord(c):04X}) at position {offset + pos} is not in this char tokenizer's "
             f"vocabulary of {len(self.chars)} characters; build the tokenizer from a corpus that contains it, "
-            "or with unk=True to map unknown characters to <unk>"
+            "or with unk=True (CharTokenizer.from_text(..., unk=True)) to map unknown characters to <unk>"
         )
 
     def encode(self, text: str, allow_special: bool = False) -> list[int]:

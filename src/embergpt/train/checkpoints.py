@@ -214,6 +214,8 @@ def stored_train_config(path: str | Path) -> dict[str, Any]:
     """The TrainConfig (as a dict) recorded in checkpoint `path`'s metadata."""
     path = Path(path)
     if not (path / "metadata.json").is_file():
+        if (path / "final" / "metadata.json").is_file():
+            raise CheckpointError(f"{path} is a training run, not a checkpoint; pass --resume {path / 'final'}")
         raise CheckpointError(f"{path}: no checkpoint here (expected a directory with metadata.json) to resume from")
     import json
 
