@@ -143,25 +143,37 @@ def _median(xs: list[float]) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from embergpt.bench import parse_positive_ints
     from embergpt.config import get_preset
     from embergpt.device import resolve_device, resolve_dtype
 
-    if args.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    # every flag is checked before any model is built, so a typo fails at once with the flag's name
+    for flag, value in (("--prompt-len", args.prompt_len), ("--new-tokens", args.new_tokens), ("--batch", args.batch),
+                        ("--latency-steps", args.latency_steps), ("--repeats", args.repeats)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    positions = parse_positive_ints(args.positions, "--positions", "64,1024")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or not set(modes) <= MODES.keys():
+        raise ValueError(f"--modes takes {', '.join(MODES)} (comma-separated); got {args.modes!r}")
+    if not any(name.strip() for name in args.dtypes.split(",")):
+        raise ValueError(f"--dtypes takes comma-separated dtypes, e.g. float32,bfloat16; got {args.dtypes!r}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)  # the benchmark process only, never at import
     device = resolve_device(args.device)
     config = get_preset(args.preset)
-    positions = [int(p) for p in args.positions.split(",") if p.strip()]
     longest = max([*positions, 0]) + args.latency_steps
     if max(longest, args.prompt_len + args.new_tokens) > config.sequence_len:
-        raise ValueError(f"positions/tokens exceed the {args.preset} preset's sequence_len={config.sequence_len}")
+        raise ValueError(
+            f"max(--positions) + --latency-steps ({longest}) and --prompt-len + --new-tokens "
+            f"({args.prompt_len + args.new_tokens}) must not exceed the {args.preset} preset's "
+            f"sequence_len={config.sequence_len}"
+        )
     dtypes = [resolve_dtype(name.strip(), device) for name in args.dtypes.split(",") if name.strip()]
 
     base = _random_gpt(config, device)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if not modes or not set(modes) <= MODES.keys():
-        raise ValueError(f"--modes takes {', '.join(MODES)} (comma-separated); got {args.modes!r}")
     configs = [_Config(base, dt, mode) for dt in dtypes for mode in modes]
     gen = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, config.vocab_size, (args.prompt_len,), generator=gen).tolist()

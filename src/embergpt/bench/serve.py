@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -23,7 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from embergpt.bench import parse_positive_ints
+from embergpt.errors import EmbergptError
+
 TOKEN_EVENT = 'data: {"type":"token"'
+MAX_OUTPUT_TOKENS = 4096  # the server is started with --max-output-tokens this large
 SPEEDUP_GOAL = 6.0
 TTFT_P99_GOAL_MS = 1000.0
 
@@ -79,7 +84,7 @@ def start_server(
     cmd += ["--rate-limit-rps", "0", "--max-batch", str(max_batch), "--max-output-tokens", "4096"]
     if device:
         cmd += ["--device", device]
-    if threads:
+    if threads is not None:
         cmd += ["--threads", str(threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
@@ -92,7 +97,10 @@ def start_server(
         if "listening on " in line:
             return proc, line.split("listening on ", 1)[1].strip()
     proc.kill()
-    raise RuntimeError("the benchmark server did not start:\n" + "".join(lines))
+    proc.wait()
+    # one line: the server's own last words (its one-line error, or the last line of a traceback)
+    last = next((line.strip() for line in reversed(lines) if line.strip()), "no output")
+    raise EmbergptError(f"the benchmark server did not start (exit code {proc.returncode}): {last}")
 
 
 async def _one_request(client: Any, body: dict[str, Any]) -> tuple[float, int]:
@@ -187,14 +195,36 @@ def _median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def require_measurements(levels: list[dict[str, Any]]) -> None:
+    """A one-line EmbergptError if some client count completed no request at all: it measured nothing, so the
+    benchmark failed (rather than report zeros and NaNs as a result)."""
+    for r in levels:
+        if r["requests"] == 0:
+            sample = " ".join(str(r["error_samples"][0]).split())[:200] if r["error_samples"] else "none recorded"
+            raise EmbergptError(
+                f"every request with {r['clients']} client(s) failed, so nothing was measured "
+                f"({r['errors']} errors; first: {sample})"
+            )
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import httpx
 
-    levels = sorted({int(c) for c in str(args.clients).split(",") if c.strip()})
-    if not levels or levels[0] < 1:
-        raise ValueError(f"--clients must list positive integers, got {args.clients!r}")
-    if args.seconds <= 0 or args.repeats < 1:
-        raise ValueError("--seconds must be > 0 and --repeats >= 1")
+    # every flag is checked before the checkpoint and the server are built, so a typo fails at once
+    levels = sorted(set(parse_positive_ints(args.clients, "--clients", "1,4,16")))
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise ValueError(f"--seconds must be a finite number > 0, got {args.seconds}")
+    for flag, value in (("--repeats", args.repeats), ("--prompt-tokens", args.prompt_tokens)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if not 1 <= args.max_tokens <= MAX_OUTPUT_TOKENS:
+        raise ValueError(f"--max-tokens must be between 1 and {MAX_OUTPUT_TOKENS}, got {args.max_tokens}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.device:
+        from embergpt.device import resolve_device
+
+        resolve_device(args.device)  # the server would refuse it too, but only after the checkpoint is built
     with tempfile.TemporaryDirectory(prefix="embergpt-bench-serve-") as tmp:
         checkpoint, texts = build_checkpoint(Path(tmp))
         from embergpt.tokenizer import load_tokenizer
@@ -203,12 +233,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         prompts = [_prompt(tok, t, args.prompt_tokens) for t in texts]
         proc, url = start_server(checkpoint, max(levels), args.device, args.threads)
         try:
+            info = None
             for _ in range(100):  # wait until it answers
                 try:
                     info = httpx.get(url + "/api/info", timeout=5).json()
                     break
                 except httpx.HTTPError:
                     time.sleep(0.1)
+            if info is None:
+                raise EmbergptError(f"the benchmark server at {url} never answered /api/info")
             warm = min(2.0, args.seconds)
             asyncio.run(run_round(url, max(levels), warm, prompts, args.max_tokens))  # warm-up
             rounds: dict[int, list[dict[str, Any]]] = {c: [] for c in levels}
@@ -222,6 +255,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 proc.kill()
     results = [_median_round(rounds[c]) for c in levels]
+    require_measurements(results)
     by_clients = {r["clients"]: r for r in results}
     out: dict[str, Any] = {
         "benchmark": "serve",

@@ -46,10 +46,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from embergpt.data import load_text
     from embergpt.tokenizer import BPETokenizer
     from embergpt.tokenizer.base import CHAT_SPECIAL_TOKENS
-    from embergpt.tokenizer.bpe import GPT4_SPLIT_PATTERN, cut_at_safe_boundaries
+    from embergpt.tokenizer.bpe import GPT4_SPLIT_PATTERN, MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, cut_at_safe_boundaries
 
     if args.repeats < 1:
         raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
+    if not MIN_VOCAB_SIZE <= args.vocab_size <= MAX_VOCAB_SIZE:
+        raise ValueError(f"--vocab-size must be between {MIN_VOCAB_SIZE} and {MAX_VOCAB_SIZE}, got {args.vocab_size}")
     text = load_text(args.input)
     n_bytes = len(text.encode("utf-8"))
     threads = os.cpu_count() or 1

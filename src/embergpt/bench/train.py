@@ -64,15 +64,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from embergpt.model import GPT
     from embergpt.train.flops import measure_matmul_flops, model_flops_per_token
 
-    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
-        raise ValueError("--steps and --batch-size must be >= 1, --warmup >= 0")
+    for flag, value, least in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1),
+                               ("--warmup", args.warmup, 0)):
+        if value < least:
+            raise ValueError(f"{flag} must be >= {least}, got {value}")
     device = resolve_device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     B, T = args.batch_size, SHAPE["sequence_len"]
-    peaks = {
-        name: max(measure_matmul_flops(device, dtype, size, seconds=1.0) for size in (1024, 2048))
-        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
-    }
 
     hf_available = False
     if not args.no_hf:
@@ -89,12 +87,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             compile_it = not args.no_compile and (family == "gpt" or args.hf_compile)
             for compiled in [False] + ([True] if compile_it else []):
                 variants[f"{family}-{dt}-{'compiled' if compiled else 'eager'}"] = (family, dt, compiled)
-    if args.variants:
+    if args.variants is not None:
         wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
         unknown = [v for v in wanted if v not in variants]
-        if unknown:
-            raise ValueError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(variants)}")
+        if unknown or not wanted:
+            raise ValueError(
+                f"unknown --variants {', '.join(unknown) or repr(args.variants)}; choose from {', '.join(variants)}"
+            )
         variants = {k: v for k, v in variants.items() if k in wanted}
+
+    # measured once the flags are known to be good: this takes a few seconds
+    peaks = {
+        name: max(measure_matmul_flops(device, dtype, size, seconds=1.0) for size in (1024, 2048))
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    }
 
     torch.manual_seed(0)
     x = torch.randint(0, SHAPE["vocab_size"], (B, T), device=device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
@@ -28,7 +29,15 @@ def run(args: argparse.Namespace) -> int:
     from embergpt.data import load_text
     from embergpt.micro import MicroRun, MicroSettings, docs_from_text, train_and_sample
 
-    # Validate the flags before reading any data, so a typo fails at once.
+    # Validate the flags before reading any data, so a typo fails at once. The numbers are checked here so that
+    # the message names the flag; MicroSettings checks the shape (and caps the model's size) itself.
+    if args.steps < 1:
+        raise ValueError(f"--steps must be a positive integer, got {args.steps}")
+    if args.samples < 0:
+        raise ValueError(f"--samples must be >= 0, got {args.samples}")
+    for flag, value in (("--lr", args.lr), ("--temperature", args.temperature)):
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{flag} must be a positive finite number, got {value}")
     settings = MicroSettings(
         steps=args.steps,
         n_layer=args.n_layer,

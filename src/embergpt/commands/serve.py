@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import sys
 
 # flag -> (type, help); the names, env vars and defaults live in embergpt.serve.settings
 _LIMITS: dict[str, tuple[type, str]] = {
@@ -34,14 +36,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         limits.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=f"{help_text} [{env}]")
 
 
+def network_warning(host: str) -> str | None:
+    """The warning to print when `host` lets other machines connect (anything but localhost or a loopback IP)."""
+    name = host.strip().strip("[]")
+    if name.lower() == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(name).is_loopback:
+            return None
+    except ValueError:
+        pass  # a host name other than localhost: it may resolve to a public address
+    return (
+        f"embergpt serve: warning: --host {host} makes the server reachable from the network, and it has no "
+        f"authentication; use --host 127.0.0.1 to keep it on this machine"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from embergpt.serve.server import serve
     from embergpt.serve.settings import resolve_settings
 
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be between 0 and 65535 (0 = any free port), got {args.port}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     settings = resolve_settings({name: getattr(args, name) for name in _LIMITS})
+    warning = network_warning(args.host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)  # asked for on the command line: this process is the server

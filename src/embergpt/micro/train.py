@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,16 @@ from embergpt.micro.model import MicroConfig, Params, cross_entropy, empty_kv_ca
 from embergpt.micro.optim import Adam
 from embergpt.micro.sampling import sample_names
 from embergpt.micro.tokenizer import CharTokenizer
+
+# Every weight is a Python object and every step builds a graph of ~(weights x positions) nodes: at this size one
+# step takes seconds and about a gigabyte, so a larger model would look like a hang. 240x the default model.
+MAX_PARAMS = 1_000_000
+
+
+def count_params(config: MicroConfig) -> int:
+    """Weights of a micro GPT of this shape (what `init_params` draws), without building it."""
+    d = config.n_embd
+    return 2 * config.vocab_size * d + config.block_size * d + config.n_layer * 12 * d * d
 
 
 @dataclass(frozen=True)
@@ -44,23 +55,34 @@ class MicroSettings:
             raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
         if not isinstance(self.samples, int) or self.samples < 0:
             raise ValueError(f"samples must be a non-negative integer, got {self.samples!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a positive finite number, got {self.temperature!r}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must lie in [0, 1), got {self.betas!r}")
         # the shape is checked by MicroConfig itself, with a placeholder vocabulary
         self.model_config(vocab_size=1)
 
     def model_config(self, vocab_size: int) -> MicroConfig:
-        return MicroConfig(
+        """The model's shape for this vocabulary; a ValueError if it has more than MAX_PARAMS weights."""
+        config = MicroConfig(
             vocab_size=vocab_size,
             n_layer=self.n_layer,
             n_embd=self.n_embd,
             n_head=self.n_head,
             block_size=self.block_size,
         )
+        n = count_params(config)
+        if n > MAX_PARAMS:
+            shape = f"--n-layer {self.n_layer}, --n-embd {self.n_embd}, --block-size {self.block_size}"
+            if vocab_size > 1:  # 1 is __post_init__'s placeholder: the data is not read yet
+                shape += f", a {vocab_size}-token vocabulary"
+            raise ValueError(
+                f"the micro model would have {n:,} parameters ({shape}); the pure-Python micro GPT allows at most "
+                f"{MAX_PARAMS:,}: lower --n-embd, --n-layer or --block-size"
+            )
+        return config
 
 
 @dataclass
