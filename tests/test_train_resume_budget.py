@@ -25,6 +25,11 @@ def test_a_time_budget_run_resumed_with_steps_trains_to_that_step(tmp_path):
     assert step_of(out / "final") == first + 7
     stored = json.loads((out / "final" / "metadata.json").read_text())["train_config"]
     assert stored["steps"] == first + 7 and stored["time_budget"] is None
+    # a budget the checkpoint has already reached is an error that says so, not a run that trains nothing
+    before = (out / "final" / "model.safetensors").read_bytes()
+    assert cli_main(["train", "--resume", str(out / "final"), "--steps", str(first), "--quiet"]) == 2
+    assert cli_main(["train", "--resume", str(out / "final"), "--quiet"]) == 2  # its own budget: done already
+    assert (out / "final" / "model.safetensors").read_bytes() == before and step_of(out / "final") == first + 7
 
 
 def test_a_new_run_never_replaces_an_earlier_one_unless_asked(tmp_path, capsys):

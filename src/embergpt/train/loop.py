@@ -170,6 +170,13 @@ def run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
             raise CheckpointError(f"cannot resume: {cfg.resume} is not a checkpoint directory")
         resumed = load_checkpoint(cfg.resume)
         point = read_resume_point(cfg.resume)
+        done = point.state
+        if cfg.steps is not None and done.step >= cfg.steps:
+            raise CheckpointError(f"{cfg.resume} is at step {done.step}, already past --steps {cfg.steps}: "
+                                  "pass a larger --steps to train further")
+        if cfg.time_budget is not None and done.train_seconds >= cfg.time_budget:
+            raise CheckpointError(f"{cfg.resume} has trained {done.train_seconds:.0f} s, its --time-budget "
+                                  f"{cfg.time_budget:g} s: pass a larger --time-budget or a --steps to train further")
     else:  # every rank checks (and fails) alike; only rank 0 deletes
         check_out_dir(out, cfg.overwrite, remove=main)
 
