@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     except (EmbergptError, ValueError) as e:
         print(f"embergpt {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # stdout closed by a reader such as `head`
+        return 0
     except OSError as e:  # a path the user gave: a directory for a file, a read-only place, a full disk
-        if isinstance(e, BrokenPipeError):
-            return 0
         where = f": {e.filename}" if e.filename else ""
         print(f"embergpt {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2

@@ -126,8 +126,6 @@ def config_from_args(args: argparse.Namespace) -> Any:
     if demo and resume is not None:
         raise ValueError("--demo starts a new run; to continue one, pass --resume alone (e.g. --resume "
                          "runs/shakespeare/final --steps 1000)")
-    if resume is not None and settings.get("model") == "compare":
-        raise ValueError("--model compare trains four new models; it cannot --resume (resume each model's own run)")
     if resume is not None:
         return TrainConfig.from_checkpoint(resume, **settings)
     return demo_config(**settings) if demo else TrainConfig(**settings)

@@ -617,10 +617,10 @@ def generate_from_checkpoint(
 
     max_new_tokens defaults to 256. Output longer than the model's context is generated in rounds (context_shift,
     see Engine.generate; with context_shift=False it is an error, and the default is what fits, at most 256). A
-    sample ends early when the model
-    emits the BOS token (the start of a new document). With on_text and n_samples == 1, each piece of text is
-    passed to on_text as soon as it is complete (never half a UTF-8 character); with n_samples > 1 the samples are
-    generated as one batch sharing one prefill, and on_text receives each whole sample.
+    sample ends early when the model emits the BOS token (the start of a new document). With on_text and
+    n_samples == 1, each piece of text is passed to on_text as soon as it is complete (never half a UTF-8
+    character); with n_samples > 1 the samples are generated as one batch sharing one prefill, and on_text receives
+    each whole sample.
     Raises CheckpointError / DeviceError / TokenizerError / ValueError with a one-line message.
     """
     from embergpt.checkpoint import load_checkpoint

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -37,6 +37,7 @@ from embergpt.serve.generation import (
     Finish,
     Generation,
     GenerationSpec,
+    Result,
     TokenPiece,
     attention_json,
 )
@@ -166,20 +167,34 @@ async def _attention(finish: Finish) -> list[dict[str, Any]]:
     return await asyncio.to_thread(attention_json, finish.attention)
 
 
+async def _respond(
+    service: ModelService,
+    spec: GenerationSpec,
+    request: Request,
+    stream: bool,
+    events: Callable[[Generation], AsyncIterator[str]],
+    body: Callable[[Result], Awaitable[dict[str, Any]]],
+) -> Response:
+    """What every generating endpoint does once its request is validated: charge the rate limit, start the
+    generation, and answer with server-sent `events` or, once it is done, one JSON `body` (499 if the client left)."""
+    service.charge(request)
+    gen = service.generation(spec)
+    if stream:
+        return EventStreamResponse(events(gen))
+    try:
+        result = await gen.collect(request)
+    except ClientDisconnected:
+        return SafeJSONResponse({"error": "client_disconnected"}, status_code=499)
+    return SafeJSONResponse(await body(result))
+
+
 def _add_api_routes(app: FastAPI, service: ModelService) -> None:
     async def run_generate(req: GenerateRequest, request: Request) -> Response:
         spec = _api_spec(service, req)
-        service.charge(request)
-        gen = service.generation(spec)
-        if req.stream:
-            return EventStreamResponse(_api_stream(service, gen))
-        try:
-            result = await gen.collect(request)
-        except ClientDisconnected:
-            return SafeJSONResponse({"error": "client_disconnected"}, status_code=499)
-        finish = result.finish
-        return SafeJSONResponse(
-            {
+
+        async def body(result: Result) -> dict[str, Any]:
+            finish = result.finish
+            return {
                 "generated": result.text,
                 "tokens": [{"id": t.id, "text": t.text} for t in result.tokens],
                 "prompt_tokens": _token_list(service, spec.prompt_ids),
@@ -187,7 +202,8 @@ def _add_api_routes(app: FastAPI, service: ModelService) -> None:
                 "finish_reason": finish.finish_reason,
                 "usage": usage(finish.prompt_tokens, finish.completion_tokens),
             }
-        )
+
+        return await _respond(service, spec, request, req.stream, lambda gen: _api_stream(service, gen), body)
 
     @app.post(
         "/api/generate",
@@ -298,21 +314,13 @@ def _add_openai_routes(app: FastAPI, service: ModelService) -> None:
         stream: Callable[[ModelService, Generation, str, int, bool], AsyncIterator[str]],
         choice: Callable[[str, str], dict[str, Any]],
     ) -> Response:
-        """What both OpenAI endpoints do once the request is validated: charge the rate limit, generate, and
-        answer as server-sent events or as one JSON body."""
-        service.charge(request)
-        gen = service.generation(spec)
+        """What both OpenAI endpoints share: an id, and the completion object or its stream of chunks."""
         rid, created = f"{id_prefix}-{uuid.uuid4().hex[:24]}", int(time.time())
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        if req.stream:
-            return EventStreamResponse(stream(service, gen, rid, created, include_usage))
-        try:
-            result = await gen.collect(request)
-        except ClientDisconnected:
-            return SafeJSONResponse({"error": "client_disconnected"}, status_code=499)
-        f = result.finish
-        return SafeJSONResponse(
-            {
+
+        async def body(result: Result) -> dict[str, Any]:
+            f = result.finish
+            return {
                 "id": rid,
                 "object": object_name,
                 "created": created,
@@ -320,6 +328,9 @@ def _add_openai_routes(app: FastAPI, service: ModelService) -> None:
                 "choices": [choice(result.text, f.finish_reason)],
                 "usage": usage(f.prompt_tokens, f.completion_tokens),
             }
+
+        return await _respond(
+            service, spec, request, req.stream, lambda gen: stream(service, gen, rid, created, include_usage), body
         )
 
     @app.post(

@@ -12,6 +12,7 @@ from typing import Any
 from embergpt.config import PRESETS, GPTConfig, strict_from_dict
 
 MODELS = ("gpt", "bigram", "single-head", "multi-head", "compare")
+COMPARE_CANNOT_RESUME = "--model compare trains four new models; it cannot --resume (resume each model's own run)"
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "linear", "constant")
 DATA_MODES = ("window", "documents", "auto")
@@ -100,7 +101,7 @@ class TrainConfig:
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.model == "compare" and self.resume is not None:
-            raise ValueError("--model compare trains four new models; it cannot --resume (resume each model's own run)")
+            raise ValueError(COMPARE_CANNOT_RESUME)
         if self.threads is not None and self.threads != "auto":
             _positive_int("threads", self.threads)
         if self.tokenizer in ("char", "bpe") or Path(self.tokenizer).suffix == ".json":
@@ -158,6 +159,8 @@ class TrainConfig:
         to step 4000 even when the run was stopped by a time budget."""
         from embergpt.train.checkpoints import stored_train_config
 
+        if overrides.get("model") == "compare":  # said before the path is read: it is the request that is wrong
+            raise ValueError(COMPARE_CANNOT_RESUME)
         stored = stored_train_config(path)
         stored.update(resume=str(path), out=str(Path(path).parent))
         if overrides.keys() & {"steps", "time_budget"}:  # a new budget replaces the stored one, of either kind
