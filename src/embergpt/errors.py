@@ -19,3 +19,8 @@ class TokenizerError(EmbergptError):
 
 class DeviceError(EmbergptError):
     """The requested device or dtype is not available on this machine."""
+
+
+class InputFileError(EmbergptError, ValueError):
+    """A file or a reply read from outside is not what it claims: not a regular file, too large, too deeply
+    nested, not valid JSON, or not of the expected shape."""
