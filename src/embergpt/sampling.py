@@ -20,17 +20,27 @@ from dataclasses import dataclass
 
 import torch
 
+# The ranges every caller shares (CLI flags, server requests, the library). NaN fails every comparison below.
+MIN_TEMPERATURE = 1e-3  # below this, sampling is greedy
+MAX_TEMPERATURE = 100.0
+MIN_REPETITION_PENALTY = 0.01
+MAX_REPETITION_PENALTY = 100.0
+
 
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick the next token.
 
-    temperature: 0 = greedy; > 0 divides the logits (lower = sharper).
+    temperature: 0 = greedy; > 0 divides the logits (lower = sharper). At most MAX_TEMPERATURE; a temperature
+        below MIN_TEMPERATURE is greedy (the limit of ever colder sampling is argmax, and dividing by ~0
+        overflows), so `temperature` reads 0.0 afterwards.
     top_k: keep the k most likely tokens (None or 0 = off).
     top_p: keep the smallest set of most likely tokens whose probability mass is >= top_p (None or 1 = off).
     min_p: keep tokens whose probability is >= min_p * the top token's probability (None or 0 = off).
     repetition_penalty: > 1 discourages tokens already seen (CTRL-style: positive logits divided, negative
-        multiplied); 1 = off.
+        multiplied); 1 = off; in [MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY].
+
+    These bounds are the one rule for every caller: the CLI, the server and the library.
     """
 
     temperature: float = 1.0
@@ -41,8 +51,10 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= MAX_TEMPERATURE:
+            raise ValueError(f"temperature must be a number in [0, {MAX_TEMPERATURE:g}] (0 = greedy), got {t!r}")
+        if t < MIN_TEMPERATURE:
+            object.__setattr__(self, "temperature", 0.0)
         k = self.top_k
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
             raise ValueError(f"top_k must be None or an integer >= 0 (0 = off), got {k!r}")
@@ -53,8 +65,13 @@ class SamplingParams:
         if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m <= 1.0):
             raise ValueError(f"min_p must be None or a number in [0, 1], got {m!r}")
         r = self.repetition_penalty
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
-            raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = off), got {r!r}")
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not (
+            MIN_REPETITION_PENALTY <= r <= MAX_REPETITION_PENALTY
+        ):
+            raise ValueError(
+                f"repetition_penalty must be a number in [{MIN_REPETITION_PENALTY:g}, {MAX_REPETITION_PENALTY:g}] "
+                f"(1 = off), got {r!r}"
+            )
 
     @property
     def greedy(self) -> bool:
