@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from embergpt.chunked_loss import chunked_cross_entropy
 from embergpt.config import GPTConfig
 
 LOGIT_CLAMP = 50.0
@@ -220,13 +221,13 @@ class GPT(nn.Module):
             kv_cache.advance(T)
         x = rms_norm(x, self.config.norm_eps)
 
+        if targets is not None:
+            # the same logits and cross-entropy as below, a block of rows at a time: never the whole [B, T, V]
+            loss = chunked_cross_entropy(x, self.lm_head.weight, targets, self.config.softcap, LOGIT_CLAMP)
+            return (loss, attention) if return_attention else loss
         logits = self.lm_head(x).float()  # (B, T, V), fp32 from here on
         logits = logits.clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
         if self.config.softcap is not None:
             c = self.config.softcap
             logits = (c * torch.tanh(logits / c)).clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
-
-        out = logits
-        if targets is not None:
-            out = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return (out, attention) if return_attention else out
+        return (logits, attention) if return_attention else logits
