@@ -40,7 +40,7 @@ def test_round_trip_is_bitwise_with_metadata(tmp_path):
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, ck.model.state_dict()[name]), name
     meta = ck.metadata
-    assert meta["format_version"] == 1 and meta["step"] == 7 and meta["train_config"] == {"lr": 0.1}
+    assert meta["format_version"] == 2 and meta["step"] == 7 and meta["train_config"] == {"lr": 0.1}
     assert meta["model"]["kind"] == "gpt" and meta["model"]["n_layer"] == 2
     assert meta["num_params"] == model.num_params()
     assert meta["tokenizer"]["kind"] == tok.kind and meta["tokenizer"]["sha256"] == tok.sha256

@@ -36,7 +36,9 @@ from safetensors.torch import save_file
 from embergpt.config import GPTConfig
 from embergpt.errors import CheckpointError
 
-FORMAT_VERSION = 1
+# 2: RoPE turns nanochat's way (embergpt.model.apply_rotary). Version 1 files are converted on load.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 REQUIRED_FILES = ("config.json", "model.safetensors", "metadata.json")
 TOKENIZER_FILE = "tokenizer.json"
 _EXTRA_NAME = re.compile(r"[a-z0-9_]+")
@@ -221,6 +223,24 @@ def _check_shapes(path: Path, names_shapes: dict[str, list[int]], expected: dict
             raise CheckpointError(f"{path.name}: tensor {name} has shape {shape}, config expects {want}")
 
 
+def rotary_v1_to_v2(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """Weights trained with version 1's RoPE direction, converted to give the same logits with version 2's.
+
+    Negating the second half of every head's rows of c_q and c_k turns the new rotation's output into the old one's
+    with its second half negated; QK-norm and q.k are both unchanged by the same sign flip on q and k (proof in
+    docs/interop.md), so every logit is the same.
+    """
+    out = dict(state)
+    D = config.head_dim
+    for i in range(config.n_layer):
+        for name, heads in (("c_q", config.n_head), ("c_k", config.n_kv_head)):
+            key = f"transformer.h.{i}.attn.{name}.weight"
+            w = state[key].clone().view(heads, D, -1)  # (heads, D, C): rows of one head together
+            w[:, D // 2 :] = -w[:, D // 2 :]
+            out[key] = w.view(heads * D, -1)
+    return out
+
+
 def load_checkpoint(
     path: str | Path,
     device: torch.device | str | None = None,
@@ -246,8 +266,10 @@ def load_checkpoint(
     if not isinstance(metadata, dict):
         raise CheckpointError("metadata.json: expected a JSON object")
     version = metadata.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"metadata.json: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise CheckpointError(
+            f"metadata.json: format_version {version!r} is not supported (expected one of {READABLE_VERSIONS})"
+        )
     try:
         config = GPTConfig.from_dict(_read_json(path / "config.json"))
     except (ValueError, TypeError) as e:
@@ -260,7 +282,8 @@ def load_checkpoint(
         if file_sha256(file) != digest:
             raise CheckpointError(f"{name}: sha256 differs from metadata.json; the file is corrupted or was modified")
 
-    model = _build_model((metadata.get("model") or {}).get("kind", "gpt"), config)
+    kind = (metadata.get("model") or {}).get("kind", "gpt")
+    model = _build_model(kind, config)
     weights = path / "model.safetensors"
     try:
         with safe_open(str(weights), framework="pt", device="cpu") as f:
@@ -271,6 +294,8 @@ def load_checkpoint(
         raise
     except Exception as e:  # safetensors raises its own error types for truncated or malformed files
         raise CheckpointError(f"model.safetensors: cannot be read ({e}); the file is truncated or corrupted") from None
+    if version == 1 and kind == "gpt":
+        state = rotary_v1_to_v2(state, config)
     model.load_state_dict(state)
     model.to(device=device or "cpu")
     if dtype is not None:  # weights only: buffers such as the RoPE tables keep their fp32 precision

@@ -50,9 +50,13 @@ def rotary_tables(seq_len: int, head_dim: int, base: float) -> tuple[torch.Tenso
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[i], x[i + D/2]) of x [B, T, H, D] by the angles in cos/sin [B or 1, T, 1, D/2]."""
+    """Rotate pairs (x[i], x[i + D/2]) of x [B, T, H, D] by minus the angles in cos/sin [B or 1, T, 1, D/2].
+
+    nanochat's direction (and transformers' NanoChat): y1 = x1 cos + x2 sin, y2 = -x1 sin + x2 cos. Only relative
+    positions reach q.k either way; sharing the direction makes nanochat's weights mean the same thing here.
+    """
     x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1).to(x.dtype)
 
 
 def explicit_attention(

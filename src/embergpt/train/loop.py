@@ -169,6 +169,9 @@ def run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         if not Path(cfg.resume).is_dir():
             raise CheckpointError(f"cannot resume: {cfg.resume} is not a checkpoint directory")
         resumed = load_checkpoint(cfg.resume)
+        if resumed.metadata.get("format_version") == 1:  # its optimizer moments are in the old RoPE basis
+            raise CheckpointError(f"{cfg.resume} is a format-1 checkpoint (the old RoPE direction): it loads for "
+                                  "generate/serve/export, but its optimizer state cannot resume; start a new run")
         point = read_resume_point(cfg.resume)
         done = point.state
         if cfg.steps is not None and done.step >= cfg.steps:
