@@ -15,6 +15,16 @@ _LIMITS: dict[str, tuple[type, str]] = {
     "max_batch": (int, "requests decoded together by continuous batching (default 16)"),
     "max_queue": (int, "requests allowed to wait for a batch slot before 503 server_busy (default 256)"),
     "max_attention_tokens": (int, "prompt + output tokens above which return_attention is refused (default 256)"),
+    "max_header_bytes": (int, "largest request line + headers in bytes; more gets 431 (default 32768)"),
+    "header_timeout": (float, "seconds to receive a request's headers, else 408 and close (default 10)"),
+    "body_timeout": (float, "seconds to receive a request's body once its headers are in, else 408 (default 15)"),
+    "keep_alive_timeout": (float, "seconds an idle kept-alive connection stays open (default 5)"),
+    "max_connections": (int, "open connections; each one beyond gets 503 and is closed (default 512)"),
+    "forwarded_allow_ips": (
+        str,
+        "comma-separated proxy addresses/networks (or *) whose X-Forwarded-For is believed for the rate limit "
+        "(default: none; the peer address is used)",
+    ),
 }
 
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
+import uvicorn
+
+from embergpt.serve.http_limits import HttpLimits, limited_protocol
 from embergpt.serve.settings import ServeSettings
 
 DEFAULT_HOST = "127.0.0.1"
@@ -30,6 +34,23 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def uvicorn_config(app: Any, settings: ServeSettings, log_level: str = "warning") -> uvicorn.Config:
+    """uvicorn's configuration for `app` under `settings`: the HTTP limits of embergpt.serve.http_limits, the idle
+    keep-alive timeout, and X-Forwarded-For believed only from `settings.forwarded_allow_ips` (uvicorn's own default
+    trusts 127.0.0.1 and reads FORWARDED_ALLOW_IPS, which would let any local process pick its rate-limit key)."""
+    trusted = settings.trusted_proxies
+    return uvicorn.Config(
+        app,
+        http=limited_protocol(HttpLimits.from_settings(settings)),
+        timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  # call_later takes a float
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+
+
 def serve(
     checkpoint: str | Path | None = None,
     load_latest: str | Path | None = None,
@@ -41,8 +62,6 @@ def serve(
     log_level: str = "warning",
 ) -> None:
     """Load a checkpoint and serve it until interrupted. Prints `embergpt serve: listening on http://HOST:PORT`."""
-    import uvicorn
-
     from embergpt.serve.app import create_app_from_checkpoint
 
     settings = settings or ServeSettings()
@@ -52,7 +71,6 @@ def serve(
         bound = sock.getsockname()
         shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
         print(f"embergpt serve: listening on http://{shown}:{bound[1]}", flush=True)
-        config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
-        uvicorn.Server(config).run(sockets=[sock])
+        uvicorn.Server(uvicorn_config(app, settings, log_level)).run(sockets=[sock])
     finally:
         sock.close()

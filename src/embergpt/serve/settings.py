@@ -8,13 +8,23 @@
     max_batch               --max-batch               EMBERGPT_MAX_BATCH                 16 (rows decoded together)
     max_queue               --max-queue               EMBERGPT_MAX_QUEUE                 256 (waiting for a row)
     max_attention_tokens    --max-attention-tokens    EMBERGPT_MAX_ATTENTION_TOKENS      256
+  HTTP (enforced per connection by embergpt.serve.http_limits, before the app sees a request):
+    max_header_bytes        --max-header-bytes        EMBERGPT_MAX_HEADER_BYTES          32768 (request line + headers)
+    header_timeout          --header-timeout          EMBERGPT_HEADER_TIMEOUT            10 s to receive the headers
+    body_timeout            --body-timeout            EMBERGPT_BODY_TIMEOUT              15 s to receive the body
+    keep_alive_timeout      --keep-alive-timeout      EMBERGPT_KEEP_ALIVE_TIMEOUT        5 s idle between requests
+    max_connections         --max-connections         EMBERGPT_MAX_CONNECTIONS           512 open connections
+    forwarded_allow_ips     --forwarded-allow-ips     EMBERGPT_FORWARDED_ALLOW_IPS       "" (trust no proxy)
 
-The request body is capped at max_prompt_bytes + 4 KiB (BODY_OVERHEAD_BYTES).
+The request body is capped at max_prompt_bytes + 4 KiB (BODY_OVERHEAD_BYTES). X-Forwarded-For is believed only from
+a peer in forwarded_allow_ips (comma-separated addresses or networks, or "*"); otherwise the rate limit keys on the
+connection's own peer address. uvicorn's FORWARDED_ALLOW_IPS variable is not read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 from collections.abc import Mapping
@@ -23,6 +33,8 @@ from typing import Any
 
 BODY_OVERHEAD_BYTES = 4096
 ENV_PREFIX = "EMBERGPT_"
+MAX_SECONDS = 86400.0  # a timeout of more than a day is a typo
+NOT_LIMITS = ("forwarded_allow_ips",)  # settings that are not published as limits in /api/info
 
 
 @dataclass(frozen=True)
@@ -36,17 +48,23 @@ class ServeSettings:
     max_batch: int = 16
     max_queue: int = 256
     max_attention_tokens: int = 256
+    max_header_bytes: int = 32768
+    header_timeout: float = 10.0
+    body_timeout: float = 15.0
+    keep_alive_timeout: float = 5.0
+    max_connections: int = 512
+    forwarded_allow_ips: str = ""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "rate_limit_rps":
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-                ok = ok and math.isfinite(value) and value >= 0
-                if not ok:
-                    raise ValueError(f"{f.name} must be a finite number >= 0 (0 disables rate limiting), got {value!r}")
-            elif not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if f.type == "float":
+                _check_float(f.name, value)
+            elif f.type == "int" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{f.name} must be a positive integer, got {value!r}")
+        if self.max_header_bytes < 1024:
+            raise ValueError(f"max_header_bytes must be at least 1024, got {self.max_header_bytes}")
+        trusted_proxies(self.forwarded_allow_ips)  # raises on a malformed entry
 
     @property
     def max_body_bytes(self) -> int:
@@ -56,8 +74,41 @@ class ServeSettings:
     def rate_limited(self) -> bool:
         return self.rate_limit_rps > 0
 
+    @property
+    def trusted_proxies(self) -> list[str]:
+        """The peers whose X-Forwarded-For is believed (empty: none)."""
+        return trusted_proxies(self.forwarded_allow_ips)
+
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "max_body_bytes": self.max_body_bytes}
+        limits = {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_LIMITS}
+        return {**limits, "max_body_bytes": self.max_body_bytes}
+
+
+def _check_float(name: str, value: Any) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if name == "rate_limit_rps":
+        if not (ok and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0 (0 disables rate limiting), got {value!r}")
+    elif not (ok and 0 < value <= MAX_SECONDS):
+        raise ValueError(f"{name} must be a number of seconds in (0, {MAX_SECONDS:g}], got {value!r}")
+
+
+def trusted_proxies(text: str) -> list[str]:
+    """'10.0.0.1, 192.168.0.0/16' -> ['10.0.0.1', '192.168.0.0/16']; '*' trusts every peer; '' none."""
+    if not isinstance(text, str):
+        raise ValueError(f"forwarded_allow_ips must be a string, got {text!r}")
+    entries = [e.strip() for e in text.split(",") if e.strip()]
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"forwarded_allow_ips: {entry!r} is not an IP address or network; give the proxy's address, "
+                "e.g. 127.0.0.1 or 10.0.0.0/8"
+            ) from None
+    return entries
 
 
 def env_var(name: str) -> str:
@@ -70,6 +121,9 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+_KINDS: dict[str, type] = {"int": int, "float": float, "str": str}
+
+
 def _parse(name: str, text: str, kind: type) -> Any:
     try:
         return kind(text.strip())
@@ -78,20 +132,26 @@ def _parse(name: str, text: str, kind: type) -> Any:
         raise ValueError(f"environment variable {env_var(name)}={text!r} is not {what}; fix or unset it") from None
 
 
-def resolve_settings(
-    flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
-) -> ServeSettings:
+def resolve_settings(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> ServeSettings:
     """Settings from flags (None = not given) over environment variables over the defaults."""
     flags = flags or {}
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for f in dataclasses.fields(ServeSettings):
-        kind = float if f.name == "rate_limit_rps" else int
+        kind = _KINDS.get(str(f.type), str)
         if flags.get(f.name) is not None:
             values[f.name] = flags[f.name]
         elif environ.get(env_var(f.name), "").strip():
             values[f.name] = _parse(f.name, environ[env_var(f.name)], kind)
-    return ServeSettings(**values)
+    try:
+        return ServeSettings(**values)
+    except ValueError as e:
+        # Name where the bad value came from: a flag or an environment variable.
+        for f in dataclasses.fields(ServeSettings):
+            if str(e).split(maxsplit=1)[0].rstrip(":") == f.name:
+                source = flag(f.name) if flags.get(f.name) is not None else env_var(f.name)
+                raise ValueError(f"{source}: {e}") from None
+        raise
 
 
 def setting_names() -> list[str]:
