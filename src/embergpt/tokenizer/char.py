@@ -1,7 +1,8 @@
 """A character-level tokenizer: one id per distinct character of a corpus, then the special tokens.
 
-Ids 0..n-1 are the characters in code-point order, n is `<|bos|>`, and n+1 is `<unk>` when enabled. Without
-`<unk>`, encoding a character the corpus never had raises a TokenizerError that names it.
+Ids 0..n-1 are the characters in code-point order, n is `<|bos|>`, n+1 is `<unk>` when enabled, and then, with
+`chat=True`, the other chat tokens of nanochat's template (<|user_start|> ... <|output_end|>) so that a char model
+can chat. Without `<unk>`, encoding a character the corpus never had raises a TokenizerError that names it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from embergpt.errors import TokenizerError
-from embergpt.tokenizer.base import BOS, Tokenizer
+from embergpt.tokenizer.base import BOS, CHAT_SPECIAL_TOKENS, Tokenizer
 
 UNK = "<unk>"
 
@@ -20,7 +21,7 @@ UNK = "<unk>"
 class CharTokenizer(Tokenizer):
     kind = "char"
 
-    def __init__(self, chars: Sequence[str], unk: bool = False) -> None:
+    def __init__(self, chars: Sequence[str], unk: bool = False, chat: bool = False) -> None:
         chars = list(chars)
         if not chars:
             raise TokenizerError("a char tokenizer needs at least one character; build it from a non-empty corpus")
@@ -29,20 +30,20 @@ class CharTokenizer(Tokenizer):
                 raise TokenizerError(f"char tokenizer entries must be single characters, got {c!r}")
         if len(set(chars)) != len(chars):
             raise TokenizerError("char tokenizer characters must be distinct")
-        specials = {BOS: len(chars)}
-        if unk:
-            specials[UNK] = len(chars) + 1
+        names = [BOS, *([UNK] if unk else []), *(CHAT_SPECIAL_TOKENS[1:] if chat else [])]
+        specials = {name: len(chars) + i for i, name in enumerate(names)}
         super().__init__(specials)
         self.chars = chars
         self.unk = unk
+        self.chat = chat
         self._stoi = {c: i for i, c in enumerate(chars)}
         self._pieces = chars + list(specials)  # id -> text
         self._special_re = re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)))
 
     @classmethod
-    def from_text(cls, text: str, unk: bool = False) -> CharTokenizer:
+    def from_text(cls, text: str, unk: bool = False, chat: bool = False) -> CharTokenizer:
         """The vocabulary of `text`: its distinct characters, sorted by code point."""
-        return cls(sorted(set(text)), unk=unk)
+        return cls(sorted(set(text)), unk=unk, chat=chat)
 
     @property
     def vocab_size(self) -> int:
@@ -129,7 +130,7 @@ class CharTokenizer(Tokenizer):
         if not isinstance(chars, list) or not isinstance(specials, dict):
             raise TokenizerError("'chars' must be a list and 'special_tokens' an object")
         unk = UNK in specials
-        tok = cls(chars, unk=unk)
+        tok = cls(chars, unk=unk, chat=CHAT_SPECIAL_TOKENS[1] in specials)
         if specials != tok.special_tokens:
             raise TokenizerError(f"special_tokens {specials} do not match the expected {tok.special_tokens}")
         return tok
