@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from embergpt import GPT, CheckpointError, GPTConfig, load_checkpoint, save_checkpoint
-from embergpt.checkpoint import read_extra_json, read_extra_tensors
+from embergpt.checkpoint import file_sha256, read_extra_json, read_extra_tensors
 
 CONFIG = GPTConfig(vocab_size=40, sequence_len=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
 
@@ -129,14 +129,14 @@ def test_invalid_config(saved):
         load_checkpoint(saved)
 
 
-def test_shape_mismatch_names_the_tensor(saved, tmp_path):
-    # weights of a wider model under this checkpoint's config (hashes recomputed so only the shape is wrong)
+def test_weights_of_another_size_are_refused_before_the_model_is_built(saved, tmp_path):
+    # weights of a wider model under this checkpoint's config (hash recomputed so only the size is wrong)
     other = save_checkpoint(random_model(config=CONFIG.replace(n_embd=64)), tmp_path / "wide")
     (saved / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
     meta = json.loads((saved / "metadata.json").read_text())
-    meta["files"].pop("model.safetensors")
+    meta["files"]["model.safetensors"] = file_sha256(saved / "model.safetensors")
     (saved / "metadata.json").write_text(json.dumps(meta))
-    expected = r"model.safetensors: tensor transformer.wte.weight has shape \[40, 64\], config expects \[40, 32\]"
+    expected = r"config.json describes a gpt model of .* parameters but model.safetensors holds .*"
     with pytest.raises(CheckpointError, match=expected):
         load_checkpoint(saved)
 
@@ -147,7 +147,7 @@ def test_tokenizer_hash_mismatch(saved):
     data["chars"][-1] = "#"  # a different vocabulary of the same size
     tok_file.write_text(json.dumps(data))
     meta = json.loads((saved / "metadata.json").read_text())
-    meta["files"].pop("tokenizer.json")  # leave only the tokenizer's own sha256 to catch it
+    meta["files"]["tokenizer.json"] = file_sha256(tok_file)  # leave only the tokenizer's own sha256 to catch it
     (saved / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="tokenizer.json: sha256"):
         load_checkpoint(saved)

@@ -9,9 +9,10 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from embergpt import GPT, GPTConfig, load_checkpoint, save_checkpoint
-from embergpt.checkpoint import FORMAT_VERSION
+from embergpt.checkpoint import FORMAT_VERSION, file_sha256
 
 
 def old_formula_logits(state: dict, cfg: GPTConfig, idx: torch.Tensor) -> torch.Tensor:
@@ -55,10 +56,14 @@ def old_formula_logits(state: dict, cfg: GPTConfig, idx: torch.Tensor) -> torch.
 
 
 def write_format1(path, model):
-    """A checkpoint exactly as format 1 wrote it: same files, format_version 1 (metadata.json is not hashed)."""
+    """A checkpoint exactly as format 1 wrote it: same files, format_version 1, and weights whose header does not
+    record the digest of metadata.json (format 1 did not hash metadata.json)."""
     save_checkpoint(model, path)
+    weights = path / "model.safetensors"
+    save_file(load_file(weights), weights)
     meta = json.loads((path / "metadata.json").read_text())
     meta["format_version"] = 1
+    meta["files"]["model.safetensors"] = file_sha256(weights)
     (path / "metadata.json").write_text(json.dumps(meta))
 
 

@@ -18,9 +18,11 @@ it. So a crash at any moment leaves either the old or the new checkpoint loadabl
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -33,8 +35,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from embergpt import checkpoint_integrity as integrity
+from embergpt.bounded_json import read_json_file
 from embergpt.config import GPTConfig
 from embergpt.errors import CheckpointError
+from embergpt.model_size import check_fits, format_bytes, format_count, parameter_count
 
 # 2: RoPE turns nanochat's way (embergpt.model.apply_rotary). Version 1 files are converted on load.
 FORMAT_VERSION = 2
@@ -42,6 +47,7 @@ READABLE_VERSIONS = (1, 2)
 REQUIRED_FILES = ("config.json", "model.safetensors", "metadata.json")
 TOKENIZER_FILE = "tokenizer.json"
 _EXTRA_NAME = re.compile(r"[a-z0-9_]+")
+MAX_JSON_BYTES = 64 << 20  # train_state.json holds the metrics history: a few MB after a long run
 
 
 class Checkpoint(NamedTuple):
@@ -137,11 +143,11 @@ def save_checkpoint(
     tmp.mkdir()
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
+        _check_free_space(path.parent, [state, *extra_tensors.values()])
         config.save(tmp / "config.json")
         for name, tensors in extra_tensors.items():
             cpu_tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-            save_file(cpu_tensors, str(tmp / f"{name}.safetensors"))
+            _save_tensors(cpu_tensors, tmp / f"{name}.safetensors", path.parent)
         for name, obj in extra_json.items():
             (tmp / f"{name}.json").write_text(json.dumps(obj))
         tok_meta = None
@@ -163,6 +169,9 @@ def save_checkpoint(
             "tokenizer": tok_meta,
         }
         meta.update(metadata or {})
+        meta = json.loads(json.dumps(meta))  # the digest is of what a load will read back (tuples become lists)
+        digest = integrity.metadata_digest(meta)
+        _save_tensors(state, tmp / "model.safetensors", path.parent, {integrity.WEIGHTS_METADATA_KEY: digest})
         meta["files"] = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
         for p in tmp.iterdir():
@@ -177,10 +186,46 @@ def save_checkpoint(
         os.rename(tmp, path)
         _fsync(path.parent)
         shutil.rmtree(backup, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise _disk_full(path.parent, [state, *extra_tensors.values()]) from None
         raise
     return path
+
+
+def _checkpoint_bytes(tensor_groups: list[dict[str, torch.Tensor]]) -> int:
+    """What a checkpoint of these tensors takes on disk, about: their bytes plus 1 MiB of JSON and headers."""
+    return sum(t.numel() * t.element_size() for group in tensor_groups for t in group.values()) + (1 << 20)
+
+
+def _disk_full(directory: Path, tensor_groups: list[dict[str, torch.Tensor]]) -> CheckpointError:
+    free = shutil.disk_usage(directory).free
+    return CheckpointError(
+        f"no space left to save a checkpoint in {directory}: it needs about "
+        f"{format_bytes(_checkpoint_bytes(tensor_groups))}, {format_bytes(free)} is free; free some space or "
+        "pass another --out (the earlier checkpoints are untouched)"
+    )
+
+
+def _check_free_space(directory: Path, tensor_groups: list[dict[str, torch.Tensor]]) -> None:
+    """Refuse before writing when the disk clearly cannot hold the checkpoint (a save then fails fast)."""
+    if shutil.disk_usage(directory).free < _checkpoint_bytes(tensor_groups):
+        raise _disk_full(directory, tensor_groups)
+
+
+def _save_tensors(
+    tensors: dict[str, torch.Tensor], file: Path, directory: Path, header: dict[str, str] | None = None
+) -> None:
+    """safetensors' save_file, with "no space left" as an OSError(ENOSPC) (it raises its own error type)."""
+    try:
+        save_file(tensors, str(file), metadata=header)
+    except OSError:
+        raise
+    except Exception as e:
+        if "os error 28" in str(e) or "No space left" in str(e):
+            raise OSError(errno.ENOSPC, "No space left on device", str(directory)) from None
+        raise
 
 
 def _package_version() -> str:
@@ -190,10 +235,11 @@ def _package_version() -> str:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path.name}: cannot be read as JSON ({e}); the checkpoint is corrupted") from None
+    """The JSON file `path` of a checkpoint: a regular file, bounded in size and depth; CheckpointError else."""
+    return read_json_file(
+        path, what=f"checkpoint {path.name}", max_bytes=MAX_JSON_BYTES, error=CheckpointError,
+        advice="the checkpoint is corrupted: re-save it or use another",
+    )
 
 
 def _build_model(kind: str, config: GPTConfig) -> torch.nn.Module:
@@ -262,33 +308,35 @@ def load_checkpoint(
                 raise CheckpointError(f"{path} is a training run, not a checkpoint; pass {path / 'final'}")
             raise CheckpointError(f"{path}: missing {name}; this is not a complete embergpt checkpoint")
 
-    metadata = _read_json(path / "metadata.json")
-    if not isinstance(metadata, dict):
-        raise CheckpointError("metadata.json: expected a JSON object")
+    metadata = integrity.check_metadata(_read_json(path / "metadata.json"))
     version = metadata.get("format_version")
     if isinstance(version, bool) or version not in READABLE_VERSIONS:
         raise CheckpointError(
             f"metadata.json: format_version {version!r} is not supported (expected one of {READABLE_VERSIONS})"
         )
+    config_doc = _read_json(path / "config.json")
+    if not isinstance(config_doc, dict):
+        raise CheckpointError("config.json: expected a JSON object")
     try:
-        config = GPTConfig.from_dict(_read_json(path / "config.json"))
+        config = GPTConfig.from_dict(config_doc)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"config.json: {e}") from None
 
-    for name, digest in (metadata.get("files") or {}).items():
-        file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"{path}: missing {name}, listed in metadata.json")
-        if file_sha256(file) != digest:
-            raise CheckpointError(f"{name}: sha256 differs from metadata.json; the file is corrupted or was modified")
+    tok_meta = metadata.get("tokenizer")
+    tok_name = tok_meta.get("file", TOKENIZER_FILE) if tok_meta else None
+    integrity.verify_files(path, metadata, ["config.json", "model.safetensors", *([tok_name] if tok_name else [])])
 
     kind = (metadata.get("model") or {}).get("kind", "gpt")
-    model = _build_model(kind, config)
     weights = path / "model.safetensors"
     try:
         with safe_open(str(weights), framework="pt", device="cpu") as f:
             shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+            # Sized from the config and checked against the weights before the model is built: a config that
+            # claims 10**9 layers is refused here, in milliseconds, not after allocating them.
+            _check_size(kind, config, shapes)
+            model = _build_model(kind, config)
             _check_shapes(weights, shapes, model.state_dict())
+            integrity.verify_metadata_digest(metadata, f.metadata())
             state = {k: f.get_tensor(k) for k in f.keys()}
     except CheckpointError:
         raise
@@ -304,20 +352,31 @@ def load_checkpoint(
     model.eval()
 
     tokenizer = None
-    tok_meta = metadata.get("tokenizer")
     if tok_meta:
-        tok_file = path / tok_meta.get("file", TOKENIZER_FILE)
-        if not tok_file.is_file():
-            raise CheckpointError(f"{path}: missing {tok_file.name}, recorded in metadata.json")
-        if file_sha256(tok_file) != tok_meta.get("sha256"):
-            raise CheckpointError(f"{tok_file.name}: sha256 does not match metadata.json's tokenizer.sha256")
+        tok_file = path / tok_name
+        if metadata["files"][tok_name] != tok_meta["sha256"]:
+            raise CheckpointError(f"{tok_name}: sha256 does not match metadata.json's tokenizer.sha256")
         from embergpt.tokenizer import load_tokenizer
 
         try:
             tokenizer = load_tokenizer(tok_file)
         except Exception as e:
-            raise CheckpointError(f"{tok_file.name}: {e}") from None
+            raise CheckpointError(f"{tok_name}: {e}") from None
     return Checkpoint(model, config, metadata, tokenizer)
+
+
+def _check_size(kind: str, config: GPTConfig, shapes: dict[str, list[int]]) -> None:
+    """The parameter count the config implies equals the count of weights on disk, and fits in memory."""
+    if kind not in ("gpt", "bigram", "single-head", "multi-head"):
+        raise CheckpointError(f"metadata.json: unknown model kind {kind!r}")
+    expected = parameter_count(kind, config)
+    on_disk = sum(math.prod(shape) for shape in shapes.values())
+    if expected != on_disk:
+        raise CheckpointError(
+            f"config.json describes a {kind} model of {format_count(expected)} parameters but model.safetensors "
+            f"holds {format_count(on_disk)}; the config does not belong to these weights"
+        )
+    check_fits(kind, config, 4, "config.json", "load it on a machine with more memory", CheckpointError)
 
 
 def read_extra_tensors(path: str | Path, name: str) -> dict[str, torch.Tensor]:
@@ -325,6 +384,7 @@ def read_extra_tensors(path: str | Path, name: str) -> dict[str, torch.Tensor]:
     file = Path(path) / f"{name}.safetensors"
     if not file.is_file():
         raise CheckpointError(f"{Path(path)}: missing {file.name}; this checkpoint cannot be resumed")
+    os.close(integrity.open_member(Path(path), file.name))  # a regular file, not a symlink or a FIFO
     try:
         with safe_open(str(file), framework="pt", device="cpu") as f:
             return {k: f.get_tensor(k) for k in f.keys()}

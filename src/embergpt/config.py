@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,22 @@ def strict_from_dict(cls: Any, d: dict[str, Any]) -> Any:
     if unknown:
         raise ValueError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
     return cls(**d)
+
+
+# Bounds on what a config file or a flag may say. Sizes are also checked against memory (embergpt.model_size);
+# these only keep every later computation (shapes, parameter counts) in ordinary integer and float ranges.
+MAX_DIMENSION = 1 << 24
+MAX_ROPE_BASE = 1e10
+MAX_SOFTCAP = 1e4
+
+
+def _number_in(
+    name: str, value: Any, low: float, high: float, text: str, low_open: bool = False, high_open: bool = False
+) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        raise ValueError(f"GPTConfig.{name} must be a finite number in {text}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -33,8 +50,8 @@ class GPTConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "sequence_len", "n_layer", "n_head", "n_kv_head", "n_embd"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_DIMENSION:
+                raise ValueError(f"GPTConfig.{name} must be an integer in [1, {MAX_DIMENSION:,}], got {value!r}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
@@ -47,14 +64,13 @@ class GPTConfig:
             raise ValueError(
                 f"GPTConfig head_dim = n_embd / n_head = {self.head_dim} must be even (RoPE rotates pairs)"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.rope_base <= 0:
-            raise ValueError(f"GPTConfig.rope_base must be positive, got {self.rope_base!r}")
-        if self.softcap is not None and self.softcap <= 0:
-            raise ValueError(f"GPTConfig.softcap must be positive or None, got {self.softcap!r}")
-        if self.norm_eps <= 0:
-            raise ValueError(f"GPTConfig.norm_eps must be positive, got {self.norm_eps!r}")
+        # Floats from a file or a flag: a number (not a bool or a string), finite, in range. NaN fails every
+        # comparison, so each range check is written as "not inside".
+        _number_in("dropout", self.dropout, 0.0, 1.0, "[0, 1)", high_open=True)
+        _number_in("rope_base", self.rope_base, 1.0, MAX_ROPE_BASE, f"(1, {MAX_ROPE_BASE:g}]", low_open=True)
+        if self.softcap is not None:
+            _number_in("softcap", self.softcap, 0.0, MAX_SOFTCAP, f"(0, {MAX_SOFTCAP:g}] or null", low_open=True)
+        _number_in("norm_eps", self.norm_eps, 0.0, 1.0, "(0, 1]", low_open=True)
 
     @property
     def head_dim(self) -> int:
