@@ -230,8 +230,9 @@ def _add_api_routes(app: FastAPI, service: ModelService) -> None:
     async def health() -> dict[str, Any]:
         return service.health()
 
-    @app.get("/api/metrics", summary="The training loss curve of the loaded checkpoint")
-    async def metrics() -> dict[str, Any]:
+    @app.get("/api/metrics", summary="The training loss curve of the loaded checkpoint", responses=ERRORS)
+    async def metrics(request: Request) -> dict[str, Any]:
+        service.charge(request)  # it reads a file: rate-limited like generation
         return await asyncio.to_thread(service.metrics)
 
 

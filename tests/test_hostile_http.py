@@ -1,0 +1,353 @@
+"""Hostile HTTP clients against a real `embergpt serve` on 127.0.0.1, over raw sockets.
+
+Each limit of embergpt.serve.http_limits and the rate limit's client key is attacked the way the hardening review
+did (issue 15): forged X-Forwarded-For, a 64 MB header, headers and a body dripped a byte per second, idle
+kept-alive and silent connections, 1,100 held connections. Every loop is bounded in count and in time.
+Add a test here for every new way a client can hold or bypass the server.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from serve_fixtures import ServerProcess
+
+from embergpt.serve.server import uvicorn_config
+from embergpt.serve.settings import resolve_settings
+
+pytest_plugins = ["serve_fixtures"]
+
+HEADER_TIMEOUT = 2.0
+BODY_TIMEOUT = 2.0
+KEEP_ALIVE = 1.5
+MAX_HEADER_BYTES = 4096
+MAX_CONNECTIONS = 64
+BURST = 5
+SLACK = 2.0  # scheduling slack on a loaded 2-core machine
+
+LIMIT_FLAGS = [
+    "--max-header-bytes", str(MAX_HEADER_BYTES),
+    "--header-timeout", str(HEADER_TIMEOUT),
+    "--body-timeout", str(BODY_TIMEOUT),
+    "--keep-alive-timeout", str(KEEP_ALIVE),
+    "--max-connections", str(MAX_CONNECTIONS),
+    "--rate-limit-rps", "0.1",
+    "--rate-limit-burst", str(BURST),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def limited(serve_checkpoint: Path):
+    """A server with small HTTP limits and a small rate-limit budget, trusting no proxy (the default)."""
+    proc = ServerProcess(serve_checkpoint, LIMIT_FLAGS)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def proxied(serve_checkpoint: Path):
+    """The same budget, behind a 'proxy' at 127.0.0.1 (set by the environment variable, not the flag)."""
+    env = {"EMBERGPT_FORWARDED_ALLOW_IPS": "127.0.0.1"}
+    proc = ServerProcess(serve_checkpoint, ["--rate-limit-rps", "0.1", "--rate-limit-burst", str(BURST)], env=env)
+    yield proc
+    proc.stop()
+
+
+def address(server: ServerProcess) -> tuple[str, int]:
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def connect(server: ServerProcess, source: str | None = None, timeout: float = 10.0) -> socket.socket:
+    source_address = (source, 0) if source else None
+    return socket.create_connection(address(server), timeout=timeout, source_address=source_address)
+
+
+def read_until_closed(sock: socket.socket, deadline: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes (or resets) the connection; and when that happened."""
+    data = b""
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, BrokenPipeError):
+            break
+        except TimeoutError:
+            continue
+        if not chunk:
+            break
+        data += chunk
+    return data, time.monotonic()
+
+
+def read_one_response(sock: socket.socket) -> bytes:
+    """One response with a Content-Length, leaving the connection open."""
+    sock.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def status_of(response: bytes) -> int | None:
+    if not response.startswith(b"HTTP/1.1 "):
+        return None
+    return int(response.split(b" ", 2)[1])
+
+
+def json_body(response: bytes) -> dict:
+    return json.loads(response.split(b"\r\n\r\n", 1)[1])
+
+
+def generate_request(forwarded_for: str | None = None) -> bytes:
+    body = json.dumps({"prompt": "ROMEO:", "max_tokens": 1, "temperature": 0}).encode()
+    forwarded = f"X-Forwarded-For: {forwarded_for}\r\n".encode() if forwarded_for else b""
+    head = (
+        b"POST /api/generate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        + forwarded
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    return head + body
+
+
+def send(server: ServerProcess, request: bytes, source: str | None = None) -> int | None:
+    with connect(server, source) as sock:
+        sock.sendall(request)
+        response, _ = read_until_closed(sock, time.monotonic() + 30)
+    return status_of(response)
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+# ---- the rate limit's key
+
+
+def test_forwarded_for_does_not_pick_the_rate_limit_key(limited):
+    """30 requests, each claiming another client in X-Forwarded-For: one budget (the peer's), then 429."""
+    statuses = [send(limited, generate_request(f"10.0.0.{i}")) for i in range(30)]
+    assert statuses[:BURST] == [200] * BURST  # a full bucket: the budget is the peer's
+    # At 0.1 tokens/s at most one more token can refill while the 30 requests run.
+    assert statuses.count(429) >= 30 - BURST - 1, statuses
+    assert set(statuses) <= {200, 429}
+
+
+def test_metrics_counts_in_the_rate_limit(limited):
+    """/api/metrics reads a file: it spends the same budget (drained by now or within BURST + 2 requests)."""
+    request = b"GET /api/metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    statuses = [send(limited, request) for _ in range(BURST + 2)]
+    assert 429 in statuses and set(statuses) <= {200, 429}, statuses
+
+
+def test_forwarded_for_is_believed_from_a_configured_proxy_only(proxied):
+    # From the trusted proxy (127.0.0.1), each forwarded client has its own bucket: all 30 pass ...
+    statuses = [send(proxied, generate_request(f"10.0.1.{i}")) for i in range(30)]
+    assert statuses == [200] * 30
+    # ... and one forwarded client still has a budget of BURST (+1 refill at most).
+    statuses = [send(proxied, generate_request("10.0.2.1")) for _ in range(BURST + 3)]
+    assert statuses[:BURST] == [200] * BURST and statuses.count(429) >= 2, statuses
+    # From 127.0.0.2, not in the list, the header is ignored: the peer's own budget applies.
+    statuses = [send(proxied, generate_request(f"10.0.3.{i}"), source="127.0.0.2") for i in range(BURST + 3)]
+    assert statuses[:BURST] == [200] * BURST and statuses.count(429) >= 2, statuses
+
+
+# ---- header size
+
+
+def test_64mb_header_is_refused_early_with_bounded_memory(limited):
+    before = rss_bytes(limited.proc.pid)
+    chunk = b"a" * (1 << 20)
+    sent, t0 = 0, time.monotonic()
+    with connect(limited) as sock:
+        sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: t\r\nX-Big: ")
+        try:
+            while sent < 64 << 20 and time.monotonic() - t0 < 20:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server closed while we were still sending: also a refusal
+        response, _ = read_until_closed(sock, time.monotonic() + 10)
+    assert time.monotonic() - t0 < 20
+    status = status_of(response)
+    assert status in (431, None)  # None: reset before the 431 could be read (the server dropped the connection)
+    if status == 431:
+        assert json_body(response)["error"] == "headers_too_large"
+    grown = rss_bytes(limited.proc.pid) - before
+    assert grown < 16 << 20, f"the server grew by {grown / 2**20:.1f} MB for a {sent / 2**20:.0f} MB header"
+
+
+def test_header_just_under_the_cap_is_served_and_just_over_is_431(limited):
+    head = b"GET /api/health HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Pad: "
+    pad = MAX_HEADER_BYTES - len(head) - 4  # the request line and headers end at exactly the cap
+    assert send(limited, head + b"p" * pad + b"\r\n\r\n") == 200
+    with connect(limited) as sock:
+        sock.sendall(head + b"p" * (pad + 1) + b"\r\n\r\n")
+        response, _ = read_until_closed(sock, time.monotonic() + 10)
+    assert status_of(response) == 431 and json_body(response)["max_header_bytes"] == MAX_HEADER_BYTES
+
+
+# ---- time to receive headers and body
+
+
+def test_headers_dripped_one_byte_per_second_get_408(limited):
+    request = b"GET /api/health HTTP/1.1\r\nHost: t\r\n\r\n"
+    with connect(limited) as sock:
+        t0 = time.monotonic()
+        closed_at = None
+        for byte in request[:-1]:  # never complete: the deadline must end it
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed_at = time.monotonic()
+                break
+            time.sleep(0.5)
+            if time.monotonic() - t0 > HEADER_TIMEOUT + SLACK:
+                break
+        response, ended = read_until_closed(sock, t0 + HEADER_TIMEOUT + 2 * SLACK)
+    assert status_of(response) == 408 or closed_at is not None, response
+    if response:
+        assert json_body(response)["error"] == "request_timeout"
+    assert (closed_at or ended) - t0 < HEADER_TIMEOUT + 2 * SLACK
+
+
+def test_silent_connection_is_closed_by_the_header_deadline(limited):
+    with connect(limited) as sock:
+        t0 = time.monotonic()
+        response, ended = read_until_closed(sock, t0 + HEADER_TIMEOUT + 2 * SLACK)
+    assert status_of(response) == 408
+    assert HEADER_TIMEOUT - 0.5 < ended - t0 < HEADER_TIMEOUT + 2 * SLACK
+
+
+def test_body_sent_one_byte_per_second_gets_408_within_the_limit(limited):
+    body = json.dumps({"prompt": "ROMEO:", "max_tokens": 1}).encode()
+    head = (
+        b"POST /api/generate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    with connect(limited) as sock:
+        sock.sendall(head)
+        t0 = time.monotonic()
+        closed_at = None
+        for byte in body:
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed_at = time.monotonic()
+                break
+            time.sleep(1.0)
+            if time.monotonic() - t0 > BODY_TIMEOUT + SLACK:
+                break
+        response, ended = read_until_closed(sock, t0 + BODY_TIMEOUT + 2 * SLACK)
+    assert status_of(response) == 408 or closed_at is not None, response
+    if response:
+        assert json_body(response)["error"] == "request_timeout"
+    assert (closed_at or ended) - t0 < BODY_TIMEOUT + 2 * SLACK
+
+
+def test_idle_keep_alive_connection_is_closed(limited):
+    with connect(limited) as sock:
+        sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: t\r\n\r\n")  # keep-alive: HTTP/1.1's default
+        first = read_one_response(sock)
+        t0 = time.monotonic()
+        rest, ended = read_until_closed(sock, t0 + KEEP_ALIVE + 2 * SLACK)
+    assert status_of(first) == 200
+    assert rest == b""  # closed without another answer
+    assert KEEP_ALIVE - 0.5 < ended - t0 < KEEP_ALIVE + 2 * SLACK
+
+
+# ---- open connections
+
+
+def test_1100_held_connections_are_not_all_accepted(limited):
+    n, socks = 1100, []
+    t0 = time.monotonic()
+    try:
+        for _ in range(n):
+            socks.append(connect(limited, timeout=5))
+            assert time.monotonic() - t0 < 60
+        # Wait until the server has seen every connection: each is either held open or answered 503 and closed.
+        refused: set[int] = set()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(refused) < n - MAX_CONNECTIONS:
+            for i, sock in enumerate(socks):
+                if i in refused:
+                    continue
+                sock.setblocking(False)
+                try:
+                    data = sock.recv(4096)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                assert data == b"" or status_of(data) == 503, data[:200]
+                if data:
+                    assert json_body(data)["error"] == "too_many_connections"
+                refused.add(i)
+            time.sleep(0.2)
+        held = n - len(refused)
+        assert held <= MAX_CONNECTIONS, f"{held} connections held open; the cap is {MAX_CONNECTIONS}"
+        assert len(refused) >= n - MAX_CONNECTIONS
+    finally:
+        for sock in socks:
+            sock.close()
+    # Once they are gone, the server serves again.
+    deadline = time.monotonic() + 10
+    status = None
+    while time.monotonic() < deadline and status != 200:
+        status = send(limited, b"GET /api/health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        time.sleep(0.2)
+    assert status == 200
+
+
+# ---- the flags themselves
+
+
+def test_a_bad_limit_is_a_one_line_error(serve_checkpoint: Path):
+    cmd = [sys.executable, "-m", "embergpt", "serve", "--checkpoint", str(serve_checkpoint), "--port", "0"]
+    result = subprocess.run([*cmd, "--header-timeout", "nan"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--header-timeout" in lines[0] and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "environ", "named"),
+    [
+        ({}, {"EMBERGPT_MAX_CONNECTIONS": "0"}, "EMBERGPT_MAX_CONNECTIONS"),
+        ({}, {"EMBERGPT_BODY_TIMEOUT": "inf"}, "EMBERGPT_BODY_TIMEOUT"),
+        ({"keep_alive_timeout": -1.0}, {}, "--keep-alive-timeout"),
+        ({"max_header_bytes": 10}, {}, "--max-header-bytes"),
+        ({"forwarded_allow_ips": "proxy.example"}, {}, "--forwarded-allow-ips"),
+        ({}, {"EMBERGPT_FORWARDED_ALLOW_IPS": "10.0.0.1, nonsense"}, "EMBERGPT_FORWARDED_ALLOW_IPS"),
+    ],
+)
+def test_bad_http_settings_name_their_source(flags, environ, named):
+    with pytest.raises(ValueError, match=named):
+        resolve_settings(flags, environ)
+
+
+def test_http_settings_resolve_and_reach_uvicorn(monkeypatch):
+    s = resolve_settings({"header_timeout": 3.5}, {"EMBERGPT_FORWARDED_ALLOW_IPS": "10.0.0.1, 192.168.0.0/16"})
+    assert (s.header_timeout, s.trusted_proxies) == (3.5, ["10.0.0.1", "192.168.0.0/16"])
+    config = uvicorn_config(lambda *a: None, s)
+    assert config.proxy_headers and config.forwarded_allow_ips == ["10.0.0.1", "192.168.0.0/16"]
+    assert config.http.limits.header_timeout == 3.5
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")  # uvicorn's own variable: not read
+    default = uvicorn_config(lambda *a: None, resolve_settings({}, {}))
+    assert not default.proxy_headers and default.forwarded_allow_ips == []
