@@ -233,7 +233,7 @@ def test_bad_tokenizer_files_are_one_line_errors(bpe, tmp_path):
         "distinct": {**char, "chars": ["a", "a"]},
         "single characters": {**char, "chars": ["ab", "c"]},
         "do not match": {**char, "special_tokens": {"<|bos|>": 7}},
-        "cannot build": {**good, "pattern": "(unclosed"},
+        "not a usable regular expression": {**good, "pattern": "(unclosed"},
     }
     for expected, doc in cases.items():
         with pytest.raises(TokenizerError) as info:

@@ -36,6 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from embergpt import checkpoint_integrity as integrity
+from embergpt.atomic_write import check_output_path
 from embergpt.bounded_json import read_json_file
 from embergpt.config import GPTConfig
 from embergpt.errors import CheckpointError
@@ -137,6 +138,7 @@ def save_checkpoint(
         if not _EXTRA_NAME.fullmatch(name) or name in ("model", "config", "metadata", "tokenizer"):
             raise ValueError(f"invalid extra checkpoint entry name {name!r}: use [a-z0-9_]+, not a reserved name")
 
+    check_output_path(path, "checkpoint directory", directory=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     _restore_backup(path)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -24,3 +24,7 @@ class DeviceError(EmbergptError):
 class InputFileError(EmbergptError, ValueError):
     """A file or a reply read from outside is not what it claims: not a regular file, too large, too deeply
     nested, not valid JSON, or not of the expected shape."""
+
+
+class OutputPathError(EmbergptError, ValueError):
+    """An output path names something a write must not replace: a FIFO, a device, a symlink, a directory."""

@@ -8,12 +8,12 @@ train_tokenizer(source, kind, vocab_size)    what `embergpt tokenizer train` doe
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
+from embergpt.bounded_json import loads
 from embergpt.errors import TokenizerError
+from embergpt.input_files import read_regular_file
 from embergpt.tokenizer.base import BOS, CHAT_SPECIAL_TOKENS, FILE_FORMAT, FILE_VERSION, Tokenizer
 from embergpt.tokenizer.bpe import GPT4_SPLIT_PATTERN, BPETokenizer
 from embergpt.tokenizer.char import UNK, CharTokenizer
@@ -36,17 +36,15 @@ __all__ = [
     "train_tokenizer",
 ]
 
-MAX_FILE_BYTES = 256 << 20
+MAX_FILE_BYTES = 64 << 20  # a 1M-id BPE file is about 16 MB
+MAX_DEPTH = 4  # {"ranks": [...], "special_tokens": {...}}
 _KINDS: dict[str, Any] = {"char": CharTokenizer, "bpe": BPETokenizer}
 
 
 def tokenizer_from_json(data: bytes | str, origin: str = "tokenizer JSON") -> Tokenizer:
     """A tokenizer from the contents of a tokenizer file; `origin` names it in errors."""
     advice = "re-create it with `embergpt tokenizer train`"
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise TokenizerError(f"{origin} is not valid JSON ({e}); {advice}") from None
+    doc = loads(data, what=origin, max_bytes=MAX_FILE_BYTES, max_depth=MAX_DEPTH, advice=advice, error=TokenizerError)
     if not isinstance(doc, dict) or doc.get("format") != FILE_FORMAT:
         raise TokenizerError(f'{origin} is not an embergpt tokenizer file (no "format": "{FILE_FORMAT}")')
     if doc.get("version") != FILE_VERSION:
@@ -61,21 +59,14 @@ def tokenizer_from_json(data: bytes | str, origin: str = "tokenizer JSON") -> To
         return _KINDS[kind].from_payload(doc)
     except KeyError as e:
         raise TokenizerError(f"{origin} lacks the field {e}; {advice}") from None
+    except (TypeError, ValueError) as e:  # a field of the wrong type that the kind's checks did not name
+        raise TokenizerError(f"{origin} is invalid ({e}); {advice}") from None
     except TokenizerError as e:
         raise TokenizerError(f"{origin} is invalid: {e}; {advice}") from None
 
 
 def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
-    """Read a tokenizer file written by `Tokenizer.save`, of either kind. Raises TokenizerError."""
-    p = Path(path)
-    try:
-        if p.stat().st_size > MAX_FILE_BYTES:
-            raise TokenizerError(f"tokenizer file {str(p)!r} is over {MAX_FILE_BYTES >> 20} MiB; is it one?")
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise TokenizerError(f"tokenizer file {str(p)!r} does not exist; check the path") from None
-    except IsADirectoryError:
-        raise TokenizerError(f"tokenizer path {str(p)!r} is a directory; pass the .json file inside it") from None
-    except OSError as e:
-        raise TokenizerError(f"cannot read tokenizer file {str(p)!r} ({e.strerror})") from None
-    return tokenizer_from_json(data, origin=f"tokenizer file {str(p)!r}")
+    """Read a tokenizer file written by `Tokenizer.save`, of either kind. Only a regular file of at most
+    MAX_FILE_BYTES is read (a FIFO or /dev/zero is refused at once). Raises TokenizerError."""
+    data = read_regular_file(path, max_bytes=MAX_FILE_BYTES, what="tokenizer file", error=TokenizerError)
+    return tokenizer_from_json(data, origin=f"tokenizer file {os.fspath(path)!r}")

@@ -31,6 +31,51 @@ MAX_VOCAB_SIZE = 1 << 20
 # newline end at it, and `\s*[\r\n]` is tried before the look-ahead alternative), so text cut right after such a
 # newline encodes, piece by piece, to exactly the ids of the whole.
 _SAFE_CUT = re.compile(r"\n(?=[A-Za-z])")
+MAX_PATTERN_CHARS = 4096
+# Text of every kind a pattern meets: letters with and without accents, digits, punctuation, runs of spaces and
+# tabs, CRLF and LF, CJK, an emoji, contractions. A usable pattern splits it into non-empty, contiguous pieces.
+PATTERN_PROBE = (
+    "Hello, world! It's 12345 o'clock.\n\n\tTabs  and   spaces\r\nÉté naïve café — 東京 😀 x+=1; "
+    '"quotes" (parens) [a_b] {c} 3.14e-10 ¿Qué? \u00a0nbsp\n  trailing   '
+)
+
+
+def check_pattern(pattern: object) -> str:
+    """`pattern` when it is a usable pre-tokenisation regex: a non-empty string that compiles and whose matches
+    cover PATTERN_PROBE completely with non-empty pieces. Text no match covers would be dropped silently by the
+    encoder ("(a+)+$" encodes most text to 0 tokens), and an empty match panics tiktoken's Rust code."""
+    import regex  # tiktoken's own dependency: the same \p{L} and possessive-quantifier syntax as its engine
+
+    if not isinstance(pattern, str) or not pattern:
+        raise TokenizerError("the BPE split 'pattern' must be a non-empty regular expression")
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise TokenizerError(f"the BPE split 'pattern' is {len(pattern)} characters, over {MAX_PATTERN_CHARS}")
+    try:
+        compiled = regex.compile(pattern)
+        matches = list(compiled.finditer(PATTERN_PROBE, timeout=2.0))
+    except (regex.error, TimeoutError, OverflowError, ValueError) as e:
+        raise TokenizerError(f"the BPE split 'pattern' is not a usable regular expression ({e})") from None
+    covered = 0
+    for m in matches:
+        if m.start() != covered or m.end() == m.start():
+            gap = PATTERN_PROBE[covered : max(m.start(), covered + 1)]
+            problem = "matches the empty string" if m.end() == m.start() else f"skips the text {gap!r}"
+            raise TokenizerError(
+                f"the BPE split 'pattern' {problem} at offset {covered} of a probe text, so encoding would drop "
+                "text; every character must fall in some match"
+            )
+        covered = m.end()
+    if covered != len(PATTERN_PROBE):
+        raise TokenizerError(
+            f"the BPE split 'pattern' skips the text {PATTERN_PROBE[covered:covered + 12]!r} at offset {covered} of "
+            "a probe text, so encoding would drop text; every character must fall in some match"
+        )
+    return pattern
+
+
+def _rust_panic(e: BaseException) -> bool:
+    """True for pyo3's PanicException, which derives from BaseException (not Exception)."""
+    return type(e).__name__ == "PanicException"
 
 
 def cut_at_safe_boundaries(text: str, chunk_chars: int) -> list[str]:
@@ -70,7 +115,7 @@ class BPETokenizer(Tokenizer):
         specials = {name: len(ranks) + i for i, name in enumerate(special_tokens)}
         super().__init__(specials)
         self.ranks = ranks
-        self.pattern = pattern
+        self.pattern = check_pattern(pattern)
         try:
             self._enc = tiktoken.Encoding(
                 name=f"embergpt-bpe-{len(ranks)}",
@@ -95,6 +140,7 @@ class BPETokenizer(Tokenizer):
             )
         if not text:
             raise TokenizerError("cannot train a BPE tokenizer on empty text")
+        check_pattern(pattern)
         trainer = rustbpe.Tokenizer()
         # Many pieces let rustbpe count in parallel; safe cuts keep the counts those of the whole text.
         pieces = cut_at_safe_boundaries(text, 1 << 16) if pattern == GPT4_SPLIT_PATTERN else [text]
@@ -115,17 +161,27 @@ class BPETokenizer(Tokenizer):
         return cut_at_safe_boundaries(text, chunk_chars)
 
     def encode(self, text: str, allow_special: bool = False) -> list[int]:
-        if allow_special:
-            return self._enc.encode(text, allowed_special="all", disallowed_special=())
-        return self._enc.encode_ordinary(text)
+        try:
+            if allow_special:
+                return self._enc.encode(text, allowed_special="all", disallowed_special=())
+            return self._enc.encode_ordinary(text)
+        except BaseException as e:
+            if _rust_panic(e):  # a pattern that passed check_pattern's probe but matches empty on this text
+                raise TokenizerError(f"this tokenizer's split pattern cannot encode the text ({e})") from None
+            raise
 
     def encode_batch(self, texts: Sequence[str], allow_special: bool = False) -> list[list[int]]:
         threads = os.cpu_count() or 1
-        if allow_special:
-            return self._enc.encode_batch(
-                list(texts), num_threads=threads, allowed_special="all", disallowed_special=()
-            )
-        return self._enc.encode_ordinary_batch(list(texts), num_threads=threads)
+        try:
+            if allow_special:
+                return self._enc.encode_batch(
+                    list(texts), num_threads=threads, allowed_special="all", disallowed_special=()
+                )
+            return self._enc.encode_ordinary_batch(list(texts), num_threads=threads)
+        except BaseException as e:
+            if _rust_panic(e):
+                raise TokenizerError(f"this tokenizer's split pattern cannot encode the text ({e})") from None
+            raise
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         ids = ids if isinstance(ids, list) else list(ids)

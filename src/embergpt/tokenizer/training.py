@@ -6,6 +6,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from embergpt.atomic_write import check_output_path
 from embergpt.tokenizer.base import Tokenizer
 
 DEFAULT_BPE_VOCAB_SIZE = 4096
@@ -74,6 +75,8 @@ def train_tokenizer(
 
     if kind not in ("bpe", "char"):
         raise ValueError(f"unknown tokenizer kind {kind!r}; use bpe or char")
+    if output is not None:  # refused before minutes of training, not after
+        check_output_path(output, "--output")
     text = load_text(source)
     head, tail = heldout_split(text, heldout_fraction)
     start = time.perf_counter()
