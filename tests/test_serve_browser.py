@@ -2,103 +2,77 @@
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 import torch
+from serve_browser_fixtures import canvas_ink, needs_chromium, screenshot, visible
 from serve_fixtures import reference_generate
 
 from embergpt.sampling import SamplingParams
 
-pytest_plugins = ["serve_fixtures"]
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (apt-get install chromium)"),
-]
+pytest_plugins = ["serve_fixtures", "serve_browser_fixtures"]
+pytestmark = [pytest.mark.browser, needs_chromium]
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
-
-
-def canvas_ink(page, canvas_id: str) -> int:
-    """Pixels of the canvas that are neither transparent nor white."""
-    return page.evaluate(
-        """(id) => {
-            const c = document.getElementById(id);
-            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-            let n = 0;
-            for (let i = 0; i < d.length; i += 4) {
-                if (d[i + 3] > 0 && (d[i] < 245 || d[i + 1] < 245 || d[i + 2] < 245)) n++;
+INK_BOX = """(id) => {
+    // The bounding box, in client pixels, of the canvas's painted (not transparent, not white) pixels.
+    const c = document.getElementById(id);
+    const r = c.getBoundingClientRect();
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let [x0, y0, x1, y1] = [Infinity, Infinity, -1, -1];
+    for (let y = 0; y < c.height; y++) {
+        for (let x = 0; x < c.width; x++) {
+            const i = (y * c.width + x) * 4;
+            if (d[i + 3] > 0 && (d[i] < 245 || d[i + 1] < 245 || d[i + 2] < 245)) {
+                x0 = Math.min(x0, x); x1 = Math.max(x1, x); y0 = Math.min(y0, y); y1 = Math.max(y1, y);
             }
-            return n;
-        }""",
-        canvas_id,
-    )
+        }
+    }
+    const sx = r.width / c.width, sy = r.height / c.height;
+    return {left: r.left + x0 * sx, top: r.top + y0 * sy, right: r.left + (x1 + 1) * sx, bottom: r.top + (y1 + 1) * sy};
+}"""
+
+LABELS = """(cls) => [...document.querySelectorAll('.axis-label.' + cls)].map((e) => {
+    const r = e.getBoundingClientRect();
+    return {index: Number(e.dataset.index), text: e.textContent, x: r.left + r.width / 2, y: r.top + r.height / 2,
+            right: r.right, bottom: r.bottom};
+})"""
 
 
-def visible(text: str) -> str:
-    """Whitespace as the UI shows it in chips and in the attends-to line."""
-    return text.replace(" ", "\u2423").replace("\n", "\u21b5").replace("\t", "\u21e5")
-
-
-@pytest.mark.parametrize("viewport", [(1366, 768), (1440, 900)])
-def test_generate_stream_and_inspect_attention(browser, server_url, served, viewport):
+@pytest.mark.parametrize("viewport", [(1366, 768), (1024, 768)])
+def test_generate_stream_and_inspect_attention(open_page, server_url, served, viewport):
     width, height = viewport
-    page = browser.new_page(viewport={"width": width, "height": height})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    requests: list[str] = []
-    page.on("request", lambda r: requests.append(r.url))
-    bodies: list[dict] = []
-    page.on("request", lambda r: bodies.append(r.post_data_json) if r.url.endswith("/api/generate/stream") else None)
-
-    page.goto(server_url + "/")
-    page.wait_for_function("document.querySelectorAll('#layer-select option').length > 0")
+    rec = open_page(width, height)
+    page = rec.page
     assert "gpt" in page.inner_text("#model-summary")
     page.fill("#prompt", "ROMEO:\nWhat light")
     page.fill("#max-tokens", "40")
     page.fill("#seed", "7")
+    page.fill("#temperature", "0.9")
+    page.fill("#min-p", "0.02")
+    page.fill("#repetition-penalty", "1.3")
     page.click("#generate")
     page.wait_for_function("(document.getElementById('gen-text') || {textContent: ''}).textContent.length > 0")
     page.wait_for_function("document.getElementById('gen-stats').textContent.includes('tokens')", timeout=30_000)
     assert page.locator(".chip.generated").count() >= 4
     assert page.locator(".chip.prompt").count() == len("ROMEO:\nWhat light") + 1  # + <|bos|>
 
-    # the chips are the tokens an independent generation draws for the request the UI sent (a stop token ends
-    # the generation without a chip)
-    tok = served.tokenizer
-    ids = [int(t.rsplit(" id ", 1)[1]) for t in page.locator(".chip").evaluate_all("cs => cs.map(c => c.title)")]
-    (body,) = bodies
+    # the page sends the sampling controls as the API names them ...
+    (body,) = rec.bodies("/api/generate/stream")
     assert (body["prompt"], body["max_tokens"], body["seed"]) == ("ROMEO:\nWhat light", 40, 7)
-    params = SamplingParams(body["temperature"], body["top_k"], body["top_p"])
+    sampling = [body[k] for k in ("temperature", "min_p", "repetition_penalty", "top_k", "top_p")]
+    assert sampling == [0.9, 0.02, 1.3, None, None]
+    # ... and the chips are the tokens an independent generation draws for that request (a stop token ends the
+    # generation without a chip)
+    tok = served.tokenizer
+    ids = [int(i) for i in page.locator(".chip").evaluate_all("cs => cs.map(c => c.dataset.id)")]
+    params = SamplingParams(**{k: body[k] for k in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")})
     prompt = [tok.bos_id, *tok.encode(body["prompt"])]
     with torch.inference_mode():
         expected = reference_generate(served.model, prompt, 40, params, 7, frozenset({tok.bos_id}))
     assert ids == prompt + [t for t in expected if t != tok.bos_id]
+    texts = [visible(tok.decode_bytes([i]).decode("utf-8", errors="replace")) for i in ids]
 
     # the heatmap draws the selected head: head 2 and the average of the heads are different pictures
     heatmap = "document.getElementById('heatmap').toDataURL()"
@@ -114,6 +88,23 @@ def test_generate_stream_and_inspect_attention(browser, server_url, served, view
     assert page.evaluate(heatmap) == head2  # the same head draws the same picture again
     page.select_option("#head-select", "avg")
 
+    # token labels on both axes of the heatmap: each names its token and sits at the centre of that token's row
+    # (column) of the painted matrix, one label per token or per `stride` tokens when cells are small
+    ink = page.evaluate(INK_BOX, "heatmap")
+    rows, cols = page.evaluate(LABELS, "row"), page.evaluate(LABELS, "col")
+    n = len(ids)
+    stride = rows[1]["index"] - rows[0]["index"]
+    assert [r["index"] for r in rows] == [c["index"] for c in cols] == list(range(0, n, stride))
+    names = [texts[i] if stride == 1 else f"{i}:{texts[i]}" for i in range(0, n, stride)]
+    assert [r["text"] for r in rows] == [c["text"] for c in cols] == names
+    cell_h, cell_w = (ink["bottom"] - ink["top"]) / n, (ink["right"] - ink["left"]) / n
+    assert min(cell_h, cell_w) * stride >= 10  # labels never crowd each other
+    for r, c in zip(rows, cols, strict=True):
+        assert abs(r["y"] - (ink["top"] + (r["index"] + 0.5) * cell_h)) < 1.5, (r, ink)
+        assert abs(c["x"] - (ink["left"] + (c["index"] + 0.5) * cell_w)) < 1.5, (c, ink)
+        assert r["right"] <= ink["left"] and c["bottom"] <= ink["top"]  # beside the matrix, not over it
+    assert page.locator("#heatmap-xtitle").is_visible() and page.locator("#heatmap-ytitle").is_visible()
+
     # hovering a generated token lists the four positions it attends to most (layer 1, average of the heads),
     # as the model computes them on this sequence, in whole percent
     chip = page.locator(".chip.generated >> nth=3")
@@ -123,7 +114,6 @@ def test_generate_stream_and_inspect_attention(browser, server_url, served, view
         _, att = served.model(torch.tensor([ids]), return_attention=True)
     row = att[1][0].mean(dim=0)[index, : index + 1]
     top = torch.sort(row, descending=True)
-    texts = [visible(tok.decode_bytes([i]).decode("utf-8", errors="replace")) for i in ids]
     attends = page.inner_text("#attends")
     assert attends.startswith(f'"{texts[index]}" #{index} attends to ')
     shown = [float(p) for p in re.findall(r" (\d+)%", attends)]
@@ -132,19 +122,22 @@ def test_generate_stream_and_inspect_attention(browser, server_url, served, view
     ]
     for pct, weight in zip(shown, top.values[:4].tolist(), strict=True):
         assert abs(pct - 100 * weight) <= 0.501, (attends, top.values[:4])
-    assert canvas_ink(page, "loss") > 200  # the training curve from metrics.jsonl
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"ui-{width}x{height}.png"))
-    assert not errors, errors
-    assert all(u.startswith(server_url) or u.startswith("data:") for u in requests), requests
-    page.close()
+    # the training curve from metrics.jsonl, with its axis titles left of and below the plotted lines
+    assert canvas_ink(page, "loss") > 200
+    loss_ink = page.evaluate(INK_BOX, "loss")
+    y_title, x_title = page.locator("#loss-ytitle"), page.locator("#loss-xtitle")
+    assert (y_title.inner_text(), x_title.inner_text()) == ("loss (nats/token)", "training step")
+    assert y_title.bounding_box()["x"] + y_title.bounding_box()["width"] <= loss_ink["left"]
+    assert x_title.bounding_box()["y"] >= loss_ink["bottom"]
+
+    screenshot(page, f"ui-{width}x{height}.png")
+    assert not rec.errors, rec.errors
+    assert all(u.startswith(server_url) or u.startswith("data:") for u in rec.urls), rec.urls
 
 
-def test_errors_are_readable(browser, server_url):
-    page = browser.new_page(viewport={"width": 1366, "height": 768})
-    page.goto(server_url + "/")
-    page.wait_for_function("document.querySelectorAll('#layer-select option').length > 0")
+def test_errors_are_readable(open_page):
+    page = open_page(1366, 768).page
     page.fill("#prompt", "a snowman \u2603 is not Shakespeare")
     page.click("#generate")
     page.wait_for_selector("#error:not([hidden])")
@@ -153,4 +146,3 @@ def test_errors_are_readable(browser, server_url):
     page.fill("#max-tokens", "9999")
     page.click("#generate")
     page.wait_for_function("document.getElementById('error-text').textContent.includes('Max tokens')")
-    page.close()

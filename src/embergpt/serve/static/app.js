@@ -3,17 +3,32 @@
 
 const $ = (id) => document.getElementById(id);
 
+// What the token inspector (chips, token details, heatmap) shows for one run: the last generation in the
+// Generate tab, the last reply in the Chat tab. Each tab keeps its own.
+function emptyView() {
+  return {
+    tokens: [], // {id, text, kind: "prompt" | "generated" | "forced", logprob?, top?: [{id, text, logprob}]}
+    attention: null, // Map "layer:head" -> ragged rows (row i: weights over positions 0..i)
+    averages: new Map(), // layer -> head-averaged rows
+    selected: null, // token index shown (hover)
+    pinned: null, // token index pinned (click)
+  };
+}
+
 const state = {
   info: null,
-  tokens: [], // {id, text, kind: "prompt" | "generated"}
-  attention: null, // Map "layer:head" -> ragged rows (row i: weights over positions 0..i)
-  averages: new Map(), // layer -> head-averaged rows
-  selected: null, // token index shown (hover)
-  pinned: null, // token index pinned (click)
-  controller: null,
+  tab: "generate",
+  views: { generate: emptyView(), chat: emptyView() },
+  controller: null, // the AbortController of the request in flight (one at a time, either tab)
   metrics: null,
   retryTimer: null,
+  chat: { messages: [] }, // finished turns sent back to the server: {role, content}
 };
+
+const view = () => state.views[state.tab];
+
+// Tool-call markers of the chat template: a reply's calculator call and the output the server forces after it.
+const TOOL_MARKERS = new Set(["<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>"]);
 
 // ---------------------------------------------------------------- helpers
 
@@ -42,6 +57,11 @@ function visible(text) {
 
 function isSpecial(text) {
   return /^<\|[^|]*\|>$/.test(text) || text === "<unk>";
+}
+
+function percent(logprob) {
+  const p = 100 * Math.exp(logprob);
+  return p >= 10 ? p.toFixed(1) + "%" : p >= 0.01 ? p.toFixed(2) + "%" : p.toExponential(1) + "%";
 }
 
 function setupCanvas(canvas) {
@@ -91,6 +111,7 @@ function clearError() {
   if (state.retryTimer) {
     clearInterval(state.retryTimer);
     state.retryTimer = null;
+    setRunning(false);
   }
 }
 
@@ -107,7 +128,8 @@ function describeError(err, status) {
       return `This model's tokenizer cannot encode the prompt. ${e.message || ""}`;
     case "context_length_exceeded":
       return `The prompt (${e.prompt_tokens} tokens) plus ${e.max_tokens} new tokens exceed the model's context of ` +
-        `${e.sequence_len} tokens: ask for at most ${e.max_tokens_allowed} new tokens or shorten the prompt.`;
+        `${e.sequence_len} tokens: ask for at most ${e.max_tokens_allowed} new tokens or shorten the prompt` +
+        (state.tab === "chat" ? " (or clear the conversation)." : ".");
     case "attention_too_large":
       return `Attention weights are returned for at most ${e.max_tokens_total} tokens in all ` +
         `(this request may reach ${e.prompt_tokens + e.max_tokens}): lower max tokens or turn off "return weights".`;
@@ -118,25 +140,25 @@ function describeError(err, status) {
     case "body_too_large":
       return `The request is too large (over ${e.max_bytes} bytes).`;
     default:
+      if (status === 404) return "This server does not offer this endpoint (an older embergpt?).";
       return e.message || `The server answered ${status || "with an error"}${e.error ? " (" + e.error + ")" : ""}.`;
   }
 }
 
 function startRetryCountdown(seconds) {
-  const button = $("generate");
+  const buttons = [$("generate"), $("chat-send")];
   let left = Math.ceil(seconds);
-  button.disabled = true;
-  button.textContent = `Wait ${left} s`;
+  const label = () => buttons.forEach((b) => ((b.disabled = true), (b.textContent = `Wait ${left} s`)));
+  label();
   state.retryTimer = setInterval(() => {
     left -= 1;
     if (left <= 0) {
       clearInterval(state.retryTimer);
       state.retryTimer = null;
-      button.disabled = false;
-      button.textContent = "Generate";
+      setRunning(false);
       $("error").hidden = true;
     } else {
-      button.textContent = `Wait ${left} s`;
+      label();
     }
   }, 1000);
 }
@@ -156,8 +178,7 @@ async function loadInfo() {
   state.info = info;
   const m = info.model;
   const t = info.tokenizer;
-  const summary = $("model-summary");
-  summary.replaceChildren(
+  $("model-summary").replaceChildren(
     el("b", { text: info.model_id }),
     ` · ${m.kind} · ${formatCount(m.num_params)} parameters · ${m.n_layer} layers × ${m.n_head} heads · ` +
       `context ${m.sequence_len} · ${t.kind} tokenizer (${t.vocab_size})`,
@@ -222,11 +243,15 @@ function niceTicks(lo, hi, count) {
   return ticks;
 }
 
+// Plot margins of the loss chart, in CSS pixels: room for the tick labels and the axis titles.
+const LOSS_MARGIN = { left: 58, right: 10, top: 8, bottom: 38 };
+
 function drawLoss() {
   const points = (state.metrics && state.metrics.points) || [];
   const canvas = $("loss");
   const empty = points.filter((p) => p.train_loss != null || p.val_loss != null).length < 2;
   $("loss-empty").hidden = !empty;
+  $("loss-xtitle").hidden = $("loss-ytitle").hidden = empty;
   const { ctx, width, height } = setupCanvas(canvas);
   ctx.clearRect(0, 0, width, height);
   const legend = $("loss-legend");
@@ -246,9 +271,13 @@ function drawLoss() {
   y0 -= pad;
   y1 += pad;
   const [x0, x1] = [Math.min(...steps), Math.max(...steps) || 1];
-  const m = { left: 40, right: 10, top: 8, bottom: 22 };
+  const m = LOSS_MARGIN;
   const X = (s) => m.left + ((s - x0) / (x1 - x0 || 1)) * (width - m.left - m.right);
   const Y = (v) => m.top + (1 - (v - y0) / (y1 - y0)) * (height - m.top - m.bottom);
+
+  // Axis titles (HTML, so they stay crisp and readable by tests) centred on the plot area.
+  Object.assign($("loss-ytitle").style, { left: "0px", top: `${(m.top + height - m.bottom) / 2}px` });
+  Object.assign($("loss-xtitle").style, { left: `${(m.left + width - m.right) / 2}px`, bottom: "0px" });
 
   ctx.font = "11px system-ui, sans-serif";
   ctx.fillStyle = "#6b7280";
@@ -266,7 +295,7 @@ function drawLoss() {
   }
   ctx.textAlign = "center";
   ctx.textBaseline = "top";
-  for (const s of niceTicks(x0, x1, 5)) ctx.fillText(formatCount(s), X(s), height - m.bottom + 6);
+  for (const s of niceTicks(x0, x1, 5)) ctx.fillText(formatCount(s), X(s), height - m.bottom + 5);
 
   for (const [name, key, color] of series) {
     const pts = points.filter((p) => p[key] != null);
@@ -286,184 +315,193 @@ function drawLoss() {
   }
 }
 
-// ---------------------------------------------------------------- generation
+// ---------------------------------------------------------------- requests
 
-function readForm() {
+// "a, b\, c, \n\n" -> ["a", "b, c", "\n\n"]: commas separate, a backslash escapes (\n newline, \t tab).
+function parseStopStrings(text) {
+  const out = [];
+  let cur = "";
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === "\\" && i + 1 < text.length) {
+      const n = text[++i];
+      cur += n === "n" ? "\n" : n === "t" ? "\t" : n;
+    } else if (c === ",") {
+      out.push(cur);
+      cur = "";
+    } else {
+      cur += c;
+    }
+  }
+  out.push(cur);
+  // Spaces around the separating commas are layout, not part of a stop string (write "\ " to keep one).
+  return out.map((s) => s.replace(/^ +| +$/g, "")).filter((s) => s.length > 0);
+}
+
+function readSampling() {
   const num = (id) => Number($(id).value);
   const topK = Math.max(0, Math.floor(num("top-k")));
   const topP = num("top-p");
+  const minP = num("min-p");
   const seedText = $("seed").value.trim();
-  return {
-    prompt: $("prompt").value,
+  const body = {
     max_tokens: Math.floor(num("max-tokens")),
     temperature: num("temperature"),
     top_k: topK > 0 ? topK : null,
     top_p: topP > 0 && topP < 1 ? topP : null,
+    min_p: minP > 0 ? minP : null,
+    repetition_penalty: $("repetition-penalty").value.trim() === "" ? 1 : num("repetition-penalty"),
     seed: seedText === "" ? null : Math.floor(Number(seedText)),
+    top_logprobs: Math.max(0, Math.floor(num("top-logprobs") || 0)),
     return_attention: $("attention-toggle").checked,
   };
+  const stop = parseStopStrings($("stop-strings").value);
+  if (stop.length) body.stop = stop;
+  return body;
 }
 
-function resetOutput(promptText) {
-  state.tokens = [];
-  state.attention = null;
-  state.averages = new Map();
-  state.selected = null;
-  state.pinned = null;
-  const out = $("output");
-  out.replaceChildren(el("span", { class: "prompt-text", text: promptText }), el("span", { id: "gen-text" }), el("span", { class: "cursor" }));
-  $("chips").replaceChildren();
-  $("attends").textContent = "";
-  $("gen-stats").textContent = "";
-  drawHeatmap();
+// POST `body` to a streaming endpoint and call onEvent for each server-sent event.
+// Returns {ok: true} when the stream ended, or {ok: false, status, error, retryAfter} for an HTTP error.
+async function streamEvents(url, body, signal, onEvent) {
+  const r = await fetch(url, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+    signal,
+  });
+  if (!r.ok) {
+    const error = await r.json().catch(() => ({}));
+    return { ok: false, status: r.status, error, retryAfter: error.retry_after_seconds || Number(r.headers.get("Retry-After")) || 1 };
+  }
+  const reader = r.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      for (const line of block.split("\n")) {
+        if (line.startsWith("data: ")) onEvent(JSON.parse(line.slice(6)));
+      }
+    }
+  }
+  return { ok: true };
 }
 
-function addChip(token) {
-  const index = state.tokens.length;
-  state.tokens.push(token);
-  const chip = el("span", { class: `chip ${token.kind}${isSpecial(token.text) ? " special" : ""}`, "data-index": index });
-  const shown = visible(token.text);
-  if (shown !== token.text) chip.append(el("span", { class: "ws", text: shown }));
-  else chip.textContent = token.text || "∅";
-  chip.title = `#${index} · id ${token.id}`;
-  $("chips").append(chip);
+function reportHttpError(result) {
+  const rateLimited = result.error.error === "rate_limited";
+  showError(describeError(result.error, result.status), rateLimited ? "warn" : "error");
+  if (rateLimited) startRetryCountdown(result.retryAfter);
 }
 
 function setRunning(running) {
+  if (state.retryTimer) return; // the countdown owns the buttons
   $("generate").disabled = running;
-  $("generate").textContent = running ? "Generating…" : "Generate";
+  $("generate").textContent = running && state.tab === "generate" ? "Generating…" : "Generate";
+  $("chat-send").disabled = running;
+  $("chat-send").textContent = "Send";
   $("stop").disabled = !running;
-  if (!running) document.querySelectorAll(".output .cursor").forEach((c) => c.remove());
-}
-
-async function generate(event) {
-  event.preventDefault();
-  if (state.controller) return;
-  clearError();
-  const body = readForm();
-  resetOutput(body.prompt);
-  setRunning(true);
-  const controller = new AbortController();
-  state.controller = controller;
-  const started = performance.now();
-  let firstToken = null;
-  let count = 0;
-  try {
-    const r = await fetch("/api/generate/stream", {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify(body),
-      signal: controller.signal,
-    });
-    if (!r.ok) {
-      const err = await r.json().catch(() => ({}));
-      showError(describeError(err, r.status), err.error === "rate_limited" ? "warn" : "error");
-      if (err.error === "rate_limited") {
-        setRunning(false);
-        state.controller = null;
-        startRetryCountdown(err.retry_after_seconds || Number(r.headers.get("Retry-After")) || 1);
-        return;
-      }
-      return;
-    }
-    const reader = r.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    const genText = $("gen-text");
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        const block = buffer.slice(0, cut);
-        buffer = buffer.slice(cut + 2);
-        for (const line of block.split("\n")) {
-          if (!line.startsWith("data: ")) continue;
-          const ev = JSON.parse(line.slice(6));
-          if (ev.type === "start") {
-            for (const t of ev.prompt_tokens) addChip({ id: t.id, text: t.text, kind: "prompt" });
-          } else if (ev.type === "token") {
-            if (firstToken === null) firstToken = performance.now();
-            count += 1;
-            genText.textContent += ev.delta;
-            addChip({ id: ev.id, text: ev.text, kind: "generated" });
-          } else if (ev.type === "done") {
-            genText.textContent += ev.delta;
-            const seconds = ((performance.now() - started) / 1000).toFixed(2);
-            const ttft = firstToken ? ` · first token ${Math.round(firstToken - started)} ms` : "";
-            $("gen-stats").textContent = `${ev.usage.completion_tokens} tokens in ${seconds} s${ttft} · ${ev.finish_reason}`;
-            setAttention(ev.attention);
-          } else if (ev.type === "error") {
-            showError(describeError(ev));
-          }
-        }
-      }
-      const out = $("output");
-      out.scrollTop = out.scrollHeight;
-    }
-  } catch (e) {
-    if (e.name === "AbortError") {
-      $("gen-stats").textContent = `${count} tokens · stopped`;
-    } else {
-      showError("The connection to the server failed: " + e.message);
-    }
-  } finally {
-    if (state.controller === controller) state.controller = null;
-    if (!state.retryTimer) setRunning(false);
-  }
+  $("chat-stop").disabled = !running;
+  if (!running) document.querySelectorAll(".cursor").forEach((c) => c.remove());
 }
 
 function stop() {
   if (state.controller) state.controller.abort();
 }
 
-// ---------------------------------------------------------------- attention
+// ---------------------------------------------------------------- the token inspector
 
-function setAttention(list) {
-  state.attention = null;
-  state.averages = new Map();
-  if (list && list.length) {
-    state.attention = new Map(list.map((a) => [`${a.layer}:${a.head}`, a.weights]));
-    const chips = [...document.querySelectorAll(".chip")];
-    const T = list[0].weights.length;
-    chips.slice(T).forEach((c) => c.classList.add("no-attention"));
-  }
-  drawHeatmap();
-  selectToken(state.pinned);
+function tokenFromEvent(ev) {
+  const token = { id: ev.id, text: ev.text, kind: ev.forced ? "forced" : "generated" };
+  if (typeof ev.logprob === "number") token.logprob = ev.logprob;
+  if (Array.isArray(ev.top_logprobs)) token.top = ev.top_logprobs;
+  return token;
+}
+
+function resetView(name) {
+  state.views[name] = emptyView();
+  if (state.tab === name) renderInspector();
+}
+
+function chipFor(token, index) {
+  const classes = `chip ${token.kind}${isSpecial(token.text) ? " special" : ""}`;
+  const chip = el("span", { class: classes, "data-index": index, "data-id": token.id });
+  const shown = visible(token.text);
+  if (shown !== token.text) chip.append(el("span", { class: "ws", text: shown }));
+  else chip.textContent = token.text || "∅";
+  const p = token.logprob != null ? ` · p ${percent(token.logprob)}` : "";
+  chip.title = `#${index} · id ${token.id}${p}`;
+  return chip;
+}
+
+function addToken(name, token) {
+  const v = state.views[name];
+  v.tokens.push(token);
+  if (state.tab !== name) return;
+  const chips = $("chips");
+  if (v.tokens.length === 1) chips.replaceChildren();
+  chips.append(chipFor(token, v.tokens.length - 1));
+}
+
+// Redraw everything the inspector shows from the current tab's view (after a tab switch or a reset).
+function renderInspector() {
+  const v = view();
+  const chips = $("chips");
+  if (v.tokens.length) chips.replaceChildren(...v.tokens.map((t, i) => chipFor(t, i)));
+  else chips.replaceChildren(el("span", { class: "placeholder", text: state.tab === "chat" ? "The last reply's tokens appear here." : "Tokens appear as chips." }));
+  $("tokens-title").textContent = state.tab === "chat" ? "Tokens of the last reply" : "Tokens";
+  if (v.pinned != null && chips.children[v.pinned]) chips.children[v.pinned].classList.add("pinned");
+  selectToken(v.pinned);
+}
+
+function setAttention(name, list) {
+  const v = state.views[name];
+  v.attention = null;
+  v.averages = new Map();
+  if (list && list.length) v.attention = new Map(list.map((a) => [`${a.layer}:${a.head}`, a.weights]));
+  if (state.tab === name) renderInspector();
 }
 
 function currentMatrix() {
-  if (!state.attention) return null;
+  const v = view();
+  if (!v.attention) return null;
   const layer = $("layer-select").value || "0";
   const head = $("head-select").value || "avg";
-  if (head !== "avg") return state.attention.get(`${layer}:${head}`) || null;
-  if (!state.averages.has(layer)) {
+  if (head !== "avg") return v.attention.get(`${layer}:${head}`) || null;
+  if (!v.averages.has(layer)) {
     const heads = state.info ? state.info.model.n_head : 1;
-    const mats = [...Array(heads).keys()].map((h) => state.attention.get(`${layer}:${h}`)).filter(Boolean);
+    const mats = [...Array(heads).keys()].map((h) => v.attention.get(`${layer}:${h}`)).filter(Boolean);
     if (!mats.length) return null;
     const avg = mats[0].map((row, i) => row.map((_, j) => mats.reduce((s, m) => s + m[i][j], 0) / mats.length));
-    state.averages.set(layer, avg);
+    v.averages.set(layer, avg);
   }
-  return state.averages.get(layer);
+  return v.averages.get(layer);
 }
 
 const heatmapGeometry = { left: 0, top: 0, cell: 0, n: 0 };
+const HEATMAP_GUTTER = 58; // axis title (16 px) + token labels (38 px) + a gap, on the left and on top
+const LABEL_PITCH = 11; // the least distance between two labels, in CSS pixels
 
 function drawHeatmap() {
   const canvas = $("heatmap");
   const matrix = currentMatrix();
   $("heatmap-empty").hidden = !!matrix;
+  $("heatmap-xtitle").hidden = $("heatmap-ytitle").hidden = !matrix;
   const { ctx, width, height } = setupCanvas(canvas);
   ctx.clearRect(0, 0, width, height);
+  $("heatmap-rows").replaceChildren();
+  $("heatmap-cols").replaceChildren();
+  Object.assign(heatmapGeometry, { n: 0 });
   if (!matrix) return;
   const n = matrix.length;
-  const labels = n <= 40;
-  const margin = labels ? 30 : 4;
-  const size = Math.min(width, height) - margin - 4;
+  const size = Math.max(20, Math.min(width, height) - HEATMAP_GUTTER - 4);
   const cell = size / n;
-  const left = Math.max(margin, (width - size + margin) / 2);
-  const top = margin;
+  const left = HEATMAP_GUTTER + Math.max(0, (width - HEATMAP_GUTTER - size - 4) / 2);
+  const top = HEATMAP_GUTTER;
   Object.assign(heatmapGeometry, { left, top, cell, n });
 
   // Weights on a square-root scale, so that small but real attention stays visible.
@@ -486,7 +524,8 @@ function drawHeatmap() {
   ctx.imageSmoothingEnabled = false;
   ctx.drawImage(off, left, top, cell * n, cell * n);
 
-  const promptLen = state.tokens.filter((t) => t.kind === "prompt").length;
+  const tokens = view().tokens;
+  const promptLen = tokens.filter((t) => t.kind === "prompt").length;
   if (promptLen > 0 && promptLen < n) {
     ctx.strokeStyle = "rgba(31,35,40,0.35)";
     ctx.setLineDash([3, 3]);
@@ -501,24 +540,30 @@ function drawHeatmap() {
     ctx.setLineDash([]);
   }
 
-  if (labels) {
-    ctx.font = `${Math.min(11, Math.max(8, cell * 0.8))}px ui-monospace, monospace`;
-    ctx.fillStyle = "#6b7280";
-    for (let i = 0; i < n; i++) {
-      const t = state.tokens[i] ? visible(state.tokens[i].text).slice(0, 3) : "";
-      ctx.textAlign = "right";
-      ctx.textBaseline = "middle";
-      ctx.fillText(t, left - 4, top + (i + 0.5) * cell);
-      ctx.save();
-      ctx.translate(left + (i + 0.5) * cell, top - 4);
-      ctx.rotate(-Math.PI / 2);
-      ctx.textAlign = "left";
-      ctx.fillText(t, 0, 0);
-      ctx.restore();
-    }
+  // Token labels on both axes: every token when the cells are tall enough, else every stride-th one.
+  const stride = Math.max(1, Math.ceil(LABEL_PITCH / cell));
+  const rows = [];
+  const cols = [];
+  for (let i = 0; i < n; i += stride) {
+    const text = tokens[i] ? visible(tokens[i].text) : "";
+    const label = stride > 1 ? `${i}:${text}` : text;
+    const centre = (i + 0.5) * cell;
+    rows.push(el("span", {
+      class: "axis-label row", text: label, "data-index": i,
+      style: `top:${top + centre}px; right:${width - left + 4}px`,
+    }));
+    cols.push(el("span", {
+      class: "axis-label col", text: label, "data-index": i,
+      style: `left:${left + centre}px; bottom:${height - top + 4}px`,
+    }));
   }
+  $("heatmap-rows").replaceChildren(...rows);
+  $("heatmap-cols").replaceChildren(...cols);
+  Object.assign($("heatmap-ytitle").style, { left: "0px", top: `${top + size / 2}px` });
+  Object.assign($("heatmap-xtitle").style, { left: `${left + size / 2}px`, top: "0px" });
 
-  const sel = state.selected ?? state.pinned;
+  const v = view();
+  const sel = v.selected ?? v.pinned;
   if (sel != null && sel < n) {
     ctx.strokeStyle = "#e8590c";
     ctx.lineWidth = 2;
@@ -537,7 +582,7 @@ function heatmapCell(event) {
 }
 
 function tokenLabel(index) {
-  const t = state.tokens[index];
+  const t = view().tokens[index];
   return t ? `"${visible(t.text)}" #${index}` : `#${index}`;
 }
 
@@ -555,15 +600,53 @@ function onHeatmapMove(event) {
   tip.hidden = false;
 }
 
+// The selected token's probability and the alternatives the model weighed at that step.
+function renderTokenDetail(index) {
+  const box = $("token-detail");
+  const token = index == null ? null : view().tokens[index];
+  if (!token) {
+    box.replaceChildren();
+    return;
+  }
+  const name = el("code", { text: visible(token.text) || "∅" });
+  if (token.kind === "prompt") {
+    box.replaceChildren(el("div", { class: "headline" }, name, ` #${index} · id ${token.id} · part of the prompt (not sampled)`));
+    return;
+  }
+  if (token.kind === "forced") {
+    box.replaceChildren(el("div", { class: "headline" }, name, ` #${index} · id ${token.id} · inserted by the calculator tool (not sampled)`));
+    return;
+  }
+  if (token.logprob == null) {
+    box.replaceChildren(el("div", { class: "headline" }, name, ` #${index} · id ${token.id} · this server sends no probabilities`));
+    return;
+  }
+  const headline = el("div", { class: "headline" }, name, ` #${index} · p = `,
+    el("b", { class: "prob", text: percent(token.logprob) }), ` · logprob ${token.logprob.toFixed(3)}`);
+  const rows = [];
+  for (const alt of token.top || []) {
+    const chosen = alt.id === token.id ? " chosen" : "";
+    const p = Math.exp(alt.logprob);
+    rows.push(
+      el("code", { class: "alt-text" + chosen, text: visible(alt.text) || "∅", "data-id": alt.id }),
+      el("div", { class: "bar" + chosen, style: `width:${Math.max(1, 100 * p).toFixed(1)}%` }),
+      el("span", { class: "pct", text: percent(alt.logprob) }),
+    );
+  }
+  box.replaceChildren(headline, ...(rows.length ? [el("div", { class: "alternatives" }, ...rows)] : []));
+}
+
 function selectToken(index) {
-  state.selected = index;
-  const chips = document.querySelectorAll(".chip");
+  const v = view();
+  v.selected = index;
+  const chips = $("chips").querySelectorAll(".chip");
   chips.forEach((c) => {
     c.classList.remove("active");
     c.style.background = "";
     c.style.color = "";
   });
   const attends = $("attends");
+  renderTokenDetail(index);
   if (index == null || !chips[index]) {
     attends.textContent = "";
     drawHeatmap();
@@ -572,7 +655,7 @@ function selectToken(index) {
   chips[index].classList.add("active");
   const matrix = currentMatrix();
   if (!matrix) {
-    attends.textContent = state.tokens.length ? 'Attention not available: generate with "return weights" on.' : "";
+    attends.textContent = v.tokens.length ? 'Attention not available: generate with "return weights" on.' : "";
     drawHeatmap();
     return;
   }
@@ -591,12 +674,246 @@ function selectToken(index) {
   const top = row.map((w, j) => [w, j]).sort((a, b) => b[0] - a[0]).slice(0, 4);
   attends.replaceChildren(
     `${tokenLabel(index)} attends to `,
-    ...top.flatMap(([w, j], k) => [k ? " · " : "", el("code", { text: visible(state.tokens[j].text) }), ` ${(w * 100).toFixed(0)}%`]),
+    ...top.flatMap(([w, j], k) => [k ? " · " : "", el("code", { text: visible(v.tokens[j].text) }), ` ${(w * 100).toFixed(0)}%`]),
   );
   drawHeatmap();
 }
 
+function pinToken(index) {
+  const v = view();
+  $("chips").querySelectorAll(".chip.pinned").forEach((c) => c.classList.remove("pinned"));
+  v.pinned = v.pinned === index ? null : index;
+  const chip = $("chips").querySelectorAll(".chip")[index];
+  if (v.pinned != null && chip) chip.classList.add("pinned");
+  selectToken(index);
+}
+
+// ---------------------------------------------------------------- the Generate tab
+
+async function generate(event) {
+  event.preventDefault();
+  if (state.controller || state.retryTimer) return;
+  clearError();
+  const body = { prompt: $("prompt").value, ...readSampling() };
+  resetView("generate");
+  const out = $("output");
+  const genText = el("span", { id: "gen-text" });
+  out.replaceChildren(el("span", { class: "prompt-text", text: body.prompt }), genText, el("span", { class: "cursor" }));
+  $("gen-stats").textContent = "";
+  setRunning(true);
+  const controller = new AbortController();
+  state.controller = controller;
+  const started = performance.now();
+  let firstToken = null;
+  let count = 0;
+  try {
+    const result = await streamEvents("/api/generate/stream", body, controller.signal, (ev) => {
+      if (ev.type === "start") {
+        for (const t of ev.prompt_tokens) addToken("generate", { id: t.id, text: t.text, kind: "prompt" });
+      } else if (ev.type === "token") {
+        if (firstToken === null) firstToken = performance.now();
+        count += 1;
+        genText.textContent += ev.delta;
+        addToken("generate", tokenFromEvent(ev));
+      } else if (ev.type === "done") {
+        genText.textContent += ev.delta;
+        $("gen-stats").textContent = runStats(ev, started, firstToken);
+        setAttention("generate", ev.attention);
+      } else if (ev.type === "error") {
+        showError(describeError(ev));
+      }
+      out.scrollTop = out.scrollHeight;
+    });
+    if (!result.ok) reportHttpError(result);
+  } catch (e) {
+    if (e.name === "AbortError") $("gen-stats").textContent = `${count} tokens · stopped`;
+    else showError("The connection to the server failed: " + e.message);
+  } finally {
+    if (state.controller === controller) state.controller = null;
+    setRunning(false);
+  }
+}
+
+function runStats(done, started, firstToken) {
+  const seconds = ((performance.now() - started) / 1000).toFixed(2);
+  const ttft = firstToken ? ` · first token ${Math.round(firstToken - started)} ms` : "";
+  return `${done.usage.completion_tokens} tokens in ${seconds} s${ttft} · ${done.finish_reason}`;
+}
+
+// ---------------------------------------------------------------- the Chat tab
+
+// A reply as the bubble shows it: plain text, and calculator calls with the output the server forced after them.
+// Fed one token event at a time; special tokens that are not tool markers (e.g. <|assistant_end|>) show nothing.
+class ReplyRenderer {
+  constructor(bubble) {
+    this.bubble = bubble;
+    this.text = ""; // the reply as plain text, tool segments left out: what is sent back as the assistant's turn
+    this.segments = []; // {type: "text", node} | {type: "tool", expr, output, phase, node}
+  }
+
+  current() {
+    return this.segments[this.segments.length - 1];
+  }
+
+  openTool() {
+    const node = el("span", { class: "tool pending" });
+    const seg = { type: "tool", expr: "", output: "", phase: "call", node };
+    this.segments.push(seg);
+    this.bubble.append(node);
+    this.drawTool(seg);
+  }
+
+  drawTool(seg) {
+    seg.node.classList.toggle("pending", seg.phase !== "done");
+    const result = seg.phase === "done" || seg.phase === "output" ? seg.output : "…";
+    seg.node.replaceChildren(
+      el("span", { class: "tool-name", text: "calculator" }), ": ",
+      el("span", { class: "tool-expr", text: seg.expr }), " = ",
+      el("span", { class: "tool-result", text: result || "…" }),
+    );
+  }
+
+  token(text, delta) {
+    const seg = this.current();
+    const inTool = seg && seg.type === "tool" && seg.phase !== "done";
+    if (text === "<|python_start|>") return this.openTool();
+    if (TOOL_MARKERS.has(text)) {
+      if (!inTool) return;
+      seg.phase = { "<|python_end|>": "await", "<|output_start|>": "output", "<|output_end|>": "done" }[text];
+      return this.drawTool(seg);
+    }
+    if (isSpecial(text)) return;
+    if (inTool) {
+      if (seg.phase === "call") seg.expr += delta;
+      else if (seg.phase === "output") seg.output += delta;
+      return this.drawTool(seg);
+    }
+    this.appendText(delta);
+  }
+
+  appendText(delta) {
+    if (!delta) return;
+    let seg = this.current();
+    if (!seg || seg.type !== "text") {
+      seg = { type: "text", node: el("span", { class: "reply-text" }) };
+      this.segments.push(seg);
+      this.bubble.append(seg.node);
+    }
+    seg.node.textContent += delta;
+    this.text += delta;
+  }
+}
+
+function chatMessage(role, text) {
+  $("chat-empty")?.remove();
+  const bubble = el("div", { class: "bubble" });
+  if (text) bubble.textContent = text;
+  const node = el("div", { class: `msg ${role}` }, bubble);
+  $("messages").append(node);
+  return { node, bubble };
+}
+
+function scrollChat() {
+  const box = $("messages");
+  box.scrollTop = box.scrollHeight;
+}
+
+async function sendChat(event) {
+  if (event) event.preventDefault();
+  if (state.controller || state.retryTimer) return;
+  const input = $("chat-input");
+  const text = input.value;
+  if (!text.trim()) return;
+  clearError();
+  const system = $("system-prompt").value.trim();
+  const messages = [...(system ? [{ role: "system", content: system }] : []), ...state.chat.messages, { role: "user", content: text }];
+  const user = chatMessage("user", text);
+  input.value = "";
+  const reply = chatMessage("assistant", "");
+  reply.bubble.append(el("span", { class: "cursor" }));
+  const renderer = new ReplyRenderer(reply.bubble);
+  scrollChat();
+  resetView("chat");
+  $("chat-stats").textContent = "";
+  setRunning(true);
+  const controller = new AbortController();
+  state.controller = controller;
+  const started = performance.now();
+  let firstToken = null;
+  let finished = false;
+  let count = 0;
+  let note = "";
+  const onEvent = (ev) => {
+    if (ev.type === "start") {
+      for (const t of ev.prompt_tokens) addToken("chat", { id: t.id, text: t.text, kind: "prompt" });
+    } else if (ev.type === "token") {
+      if (firstToken === null) firstToken = performance.now();
+      count += 1;
+      renderer.token(ev.text, ev.delta);
+      reply.bubble.append(reply.bubble.querySelector(".cursor") || "");
+      addToken("chat", tokenFromEvent(ev));
+    } else if (ev.type === "done") {
+      renderer.appendText(ev.delta);
+      finished = true;
+      $("chat-stats").textContent = runStats(ev, started, firstToken) + note;
+      setAttention("chat", ev.attention);
+    } else if (ev.type === "error") {
+      showError(describeError(ev));
+    }
+    scrollChat();
+  };
+  try {
+    const body = { messages, ...readSampling() };
+    let result = await streamEvents("/api/chat/stream", body, controller.signal, onEvent);
+    if (!result.ok && result.error.error === "attention_too_large") {
+      // A long conversation outgrows the attention limit: answer anyway, without the weights.
+      note = ` · attention off (over ${result.error.max_tokens_total} tokens)`;
+      result = await streamEvents("/api/chat/stream", { ...body, return_attention: false }, controller.signal, onEvent);
+    }
+    if (!result.ok) {
+      // Nothing was generated: take the turn back, so the user can edit and resend it.
+      user.node.remove();
+      reply.node.remove();
+      input.value = text;
+      reportHttpError(result);
+      return;
+    }
+  } catch (e) {
+    if (e.name === "AbortError") $("chat-stats").textContent = `${count} tokens · stopped`;
+    else showError("The connection to the server failed: " + e.message);
+  } finally {
+    if (state.controller === controller) state.controller = null;
+    setRunning(false);
+  }
+  if (!finished && !count) {
+    // Nothing came back: the turn stays on screen, greyed, but is not part of the conversation sent next time.
+    user.node.classList.add("failed");
+    reply.node.classList.add("failed");
+    return;
+  }
+  // A stopped reply is kept as far as it went: it is what the user saw, so it is what the model is told it said.
+  state.chat.messages.push({ role: "user", content: text }, { role: "assistant", content: renderer.text });
+}
+
+function clearChat() {
+  stop();
+  state.chat.messages = [];
+  $("messages").replaceChildren(el("div", { class: "placeholder", id: "chat-empty", text: "Send a message to start a conversation." }));
+  $("chat-stats").textContent = "";
+  resetView("chat");
+}
+
 // ---------------------------------------------------------------- wiring
+
+function showTab(name) {
+  state.tab = name;
+  document.body.dataset.tab = name;
+  for (const tab of document.querySelectorAll(".tab")) tab.setAttribute("aria-selected", String(tab.dataset.tab === name));
+  $("tooltip").hidden = true;
+  setRunning(state.controller != null);
+  renderInspector();
+  drawLoss();
+}
 
 function linkPair(rangeId, numberId) {
   const range = $(rangeId);
@@ -608,33 +925,35 @@ function linkPair(rangeId, numberId) {
 function init() {
   linkPair("temperature-range", "temperature");
   linkPair("top-p-range", "top-p");
+  for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showTab(tab.dataset.tab));
   $("prompt-form").addEventListener("submit", generate);
   $("stop").addEventListener("click", stop);
+  $("chat-form").addEventListener("submit", sendChat);
+  $("chat-stop").addEventListener("click", stop);
+  $("chat-clear").addEventListener("click", clearChat);
   $("error-close").addEventListener("click", clearError);
   $("seed-dice").addEventListener("click", () => ($("seed").value = Math.floor(Math.random() * 1e6)));
   $("prompt").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("prompt-form").requestSubmit();
   });
+  $("chat-input").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      $("chat-form").requestSubmit();
+    }
+  });
   for (const id of ["layer-select", "head-select"]) {
-    $(id).addEventListener("change", () => {
-      drawHeatmap();
-      selectToken(state.selected ?? state.pinned);
-    });
+    $(id).addEventListener("change", () => selectToken(view().selected ?? view().pinned));
   }
   const chips = $("chips");
   chips.addEventListener("mouseover", (e) => {
     const chip = e.target.closest(".chip");
     if (chip) selectToken(Number(chip.dataset.index));
   });
-  chips.addEventListener("mouseleave", () => selectToken(state.pinned));
+  chips.addEventListener("mouseleave", () => selectToken(view().pinned));
   chips.addEventListener("click", (e) => {
     const chip = e.target.closest(".chip");
-    if (!chip) return;
-    const index = Number(chip.dataset.index);
-    document.querySelectorAll(".chip.pinned").forEach((c) => c.classList.remove("pinned"));
-    state.pinned = state.pinned === index ? null : index;
-    if (state.pinned != null) chip.classList.add("pinned");
-    selectToken(index);
+    if (chip) pinToken(Number(chip.dataset.index));
   });
   const heatmap = $("heatmap");
   heatmap.addEventListener("mousemove", onHeatmapMove);
@@ -642,11 +961,8 @@ function init() {
   heatmap.addEventListener("click", (e) => {
     const hit = heatmapCell(e);
     if (!hit) return;
-    state.pinned = hit.i;
-    document.querySelectorAll(".chip.pinned").forEach((c) => c.classList.remove("pinned"));
-    const chip = document.querySelectorAll(".chip")[hit.i];
-    if (chip) chip.classList.add("pinned");
-    selectToken(hit.i);
+    view().pinned = null;
+    pinToken(hit.i);
   });
   let resizeTimer = null;
   window.addEventListener("resize", () => {
