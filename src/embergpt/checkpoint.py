@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import subprocess
-import uuid
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,6 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from embergpt import checkpoint_integrity as integrity
+from embergpt import run_dir
 from embergpt.atomic_write import check_output_path
 from embergpt.bounded_json import read_json_file
 from embergpt.config import GPTConfig
@@ -105,13 +105,9 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _backup_path(path: Path) -> Path:
-    return path.parent / f".{path.name}.previous"
-
-
 def _restore_backup(path: Path) -> None:
     """Finish an interrupted swap: if only the moved-aside previous checkpoint exists, put it back."""
-    backup = _backup_path(path)
+    backup = run_dir.backup_path(path)
     if backup.is_dir() and not path.exists():
         os.rename(backup, path)
 
@@ -141,7 +137,7 @@ def save_checkpoint(
     check_output_path(path, "checkpoint directory", directory=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     _restore_backup(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = run_dir.temporary_path(path)
     tmp.mkdir()
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -180,7 +176,7 @@ def save_checkpoint(
             _fsync(p)
         _fsync(tmp)
 
-        backup = _backup_path(path)
+        backup = run_dir.backup_path(path)
         if backup.exists():
             shutil.rmtree(backup)
         if path.exists():
@@ -306,8 +302,8 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: no checkpoint directory here (pass the directory holding config.json)")
     for name in REQUIRED_FILES:
         if not (path / name).is_file():
-            if (path / "final" / name).is_file():  # a run directory: its checkpoint is one level down
-                raise CheckpointError(f"{path} is a training run, not a checkpoint; pass {path / 'final'}")
+            if (path / run_dir.FINAL / name).is_file():  # a run directory: its checkpoint is one level down
+                raise CheckpointError(f"{path} is a training run, not a checkpoint; pass {path / run_dir.FINAL}")
             raise CheckpointError(f"{path}: missing {name}; this is not a complete embergpt checkpoint")
 
     metadata = integrity.check_metadata(_read_json(path / "metadata.json"))

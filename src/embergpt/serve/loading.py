@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
+from embergpt import run_dir
 from embergpt.errors import CheckpointError
-
-# step-000100 (periodic), interrupted-step-150 (saved on Ctrl-C); interrupted-000150 is accepted too
-_RUN_ENTRY = re.compile(r"(step|interrupted-step|interrupted)-(\d+)")
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path:
-    """OUT/final when it exists, else the step-NNNNNN / interrupted-step-N directory with the highest step
-    (the most recently written one on a tie)."""
-    out = Path(out_dir)
-    if not out.is_dir():
-        raise CheckpointError(f"{out}: no such training output directory; pass the --out directory of a run")
-    if (out / "final" / "config.json").is_file():
-        return out / "final"
-    found = []
-    for entry in out.iterdir():
-        m = _RUN_ENTRY.fullmatch(entry.name)
-        if m and (entry / "config.json").is_file():
-            found.append((int(m.group(2)), (entry / "config.json").stat().st_mtime, entry))
-    if not found:
-        raise CheckpointError(f"{out}: no final/, step-*/ or interrupted-*/ checkpoint inside; train first")
-    return max(found)[2]
+    """The checkpoint of the run in `out_dir` (embergpt.run_dir.latest_checkpoint), as a CheckpointError."""
+    try:
+        return run_dir.latest_checkpoint(out_dir)
+    except FileNotFoundError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def load_for_serving(

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from starlette.requests import Request
 
+from embergpt import run_dir
 from embergpt.errors import TokenizerError
 from embergpt.sampling import SamplingParams
 from embergpt.serve.api_errors import ApiError
@@ -67,7 +68,7 @@ class ModelService:
         if self.checkpoint_dir is None:
             return "embergpt"
         name, parent = self.checkpoint_dir.name, self.checkpoint_dir.parent.name
-        generic = name == "final" or name.startswith(("step-", "interrupted-"))
+        generic = run_dir.is_checkpoint_name(name)
         return f"{parent}-{name}" if generic and parent else name
 
     def _weights_sha256(self) -> str | None:

@@ -23,6 +23,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from embergpt import run_dir
 from embergpt.bounded_json import loads
 from embergpt.errors import EmbergptError
 from embergpt.input_files import open_regular_file
@@ -163,7 +164,7 @@ def read_metrics(
 ) -> dict[str, Any]:
     """{"source": "metrics.jsonl" | "metadata" | None, "points": [{step, train_loss?, val_loss?, lr?}]}."""
     if checkpoint_dir is not None:
-        points = (cache or _LOGS).get(Path(checkpoint_dir).parent / "metrics.jsonl")
+        points = (cache or _LOGS).get(run_dir.metrics_path(Path(checkpoint_dir).parent))
         if points:
             return {"source": "metrics.jsonl", "points": points}
     points = _metadata_points(metadata) if isinstance(metadata, dict) else []

@@ -7,13 +7,12 @@ On top of `embergpt.checkpoint` (weights, config, tokenizer, metadata) a trainin
     train_state.json       step, training seconds, tokens seen, sampler state, the optimisers' JSON skeletons
                            (hyperparameters and non-tensor state) and the metrics history
 
-Names: `OUT/step-000500` every --checkpoint-interval (only the K most recent kept), `OUT/final` at the end,
-`OUT/interrupted-step-N` after a graceful interrupt; the last two are never pruned.
+Names (embergpt.run_dir owns them): `OUT/step-000500` every --checkpoint-interval (only the K most recent kept),
+`OUT/final` at the end, `OUT/interrupted-step-N` after a graceful interrupt; the last two are never pruned.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,25 +20,25 @@ from typing import Any
 
 import torch
 
+from embergpt.atomic_write import check_output_path
+from embergpt.bounded_json import expect_object
 from embergpt.checkpoint import read_extra_json, read_extra_tensors, save_checkpoint
 from embergpt.errors import CheckpointError
+from embergpt.run_dir import (
+    FINAL,
+    METRICS,
+    PERIODIC,
+    checkpoint_step,
+    clean_leftovers,
+    earlier_run,
+    interrupted_name,
+    periodic_checkpoints,
+    periodic_name,
+)
 
-PERIODIC = re.compile(r"step-(\d{6,})")
+__all__ = ["PERIODIC", "earlier_run", "interrupted_name", "periodic_checkpoints", "periodic_name"]
+
 STATE_FILE = "train_state"
-
-
-INTERRUPTED = re.compile(r"interrupted-step-(\d+)")
-
-
-def earlier_run(out: Path) -> list[str]:
-    """What of an earlier training run `out` holds: final, step-*, interrupted-step-*, metrics.jsonl."""
-    if not out.is_dir():
-        return []
-    return sorted(
-        p.name
-        for p in out.iterdir()
-        if p.name in ("final", "metrics.jsonl") or PERIODIC.fullmatch(p.name) or INTERRUPTED.fullmatch(p.name)
-    )
 
 
 def check_out_dir(out: Path, overwrite: bool, remove: bool) -> None:
@@ -48,27 +47,23 @@ def check_out_dir(out: Path, overwrite: bool, remove: bool) -> None:
     checkpoint stays until the new run replaces it, atomically; metrics.jsonl is rewritten."""
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"--out {out} is a file; pass a directory")
+    check_output_path(out, "--out", directory=True)
+    check_output_path(out / METRICS, "--out's metrics log")
+    if remove:
+        clean_leftovers(out)
     found = earlier_run(out)
     if not found:
         return
     if not overwrite:
         shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
         raise CheckpointError(
-            f"{out} already holds a training run ({shown}); pass another --out, --resume {out / 'final'} to "
+            f"{out} already holds a training run ({shown}); pass another --out, --resume {out / FINAL} to "
             "continue it, or --overwrite to replace it"
         )
     if remove:
         for name in found:
-            if PERIODIC.fullmatch(name) or INTERRUPTED.fullmatch(name):
+            if checkpoint_step(name) is not None:
                 shutil.rmtree(out / name)
-
-
-def periodic_name(step: int) -> str:
-    return f"step-{step:06d}"
-
-
-def interrupted_name(step: int) -> str:
-    return f"interrupted-step-{step}"
 
 
 @dataclass
@@ -154,7 +149,8 @@ def save_training_checkpoint(
     device: torch.device,
     interrupted: bool = False,
 ) -> Path:
-    """Write a resumable checkpoint of the run at `state.step` into `path` (atomic)."""
+    """Write a resumable checkpoint of the run at `state.step` into `path` (atomic); then remove what an earlier,
+    crashed save left in the run directory (embergpt.run_dir.leftovers)."""
     extra_tensors: dict[str, dict[str, torch.Tensor]] = {"rng": rng_tensors(device)}
     skeletons = []
     for i, opt in enumerate(optimizers):
@@ -178,10 +174,12 @@ def save_training_checkpoint(
         "optimizers": skeletons,
         "metrics": state.metrics,
     }
-    return save_checkpoint(
+    saved = save_checkpoint(
         model, path, tokenizer=tokenizer, metadata=metadata, extra_tensors=extra_tensors,
         extra_json={STATE_FILE: train_state},
     )
+    clean_leftovers(saved.parent)
+    return saved
 
 
 @dataclass
@@ -195,6 +193,19 @@ class ResumePoint:
 def read_resume_point(path: str | Path) -> ResumePoint:
     """The training state stored in checkpoint `path` (CheckpointError when it has none)."""
     raw = read_extra_json(path, STATE_FILE)
+    where = str(Path(path) / f"{STATE_FILE}.json")
+    expect_object(
+        raw, where, error=CheckpointError,
+        required={"step": int, "train_seconds": float, "tokens": int, "sampler": dict, "metrics": list,
+                  "optimizers": list},
+    )
+    for i, skeleton in enumerate(raw["optimizers"]):
+        expect_object(skeleton, f"{where}: optimizers[{i}]", required={"state": dict, "param_groups": list},
+                      error=CheckpointError)
+    if not all(isinstance(m, dict) for m in raw["metrics"]):
+        raise CheckpointError(f"{where}: 'metrics' must be a list of objects")
+    if raw["step"] < 0 or raw["tokens"] < 0 or raw["train_seconds"] < 0:
+        raise CheckpointError(f"{where}: step, tokens and train_seconds must be >= 0")
     try:
         state = TrainState(
             step=int(raw["step"]),
@@ -214,15 +225,10 @@ def stored_train_config(path: str | Path) -> dict[str, Any]:
     """The TrainConfig (as a dict) recorded in checkpoint `path`'s metadata."""
     path = Path(path)
     if not (path / "metadata.json").is_file():
-        if (path / "final" / "metadata.json").is_file():
-            raise CheckpointError(f"{path} is a training run, not a checkpoint; pass --resume {path / 'final'}")
+        if (path / FINAL / "metadata.json").is_file():
+            raise CheckpointError(f"{path} is a training run, not a checkpoint; pass --resume {path / FINAL}")
         raise CheckpointError(f"{path}: no checkpoint here (expected a directory with metadata.json) to resume from")
-    import json
-
-    try:
-        meta = json.loads((path / "metadata.json").read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path / 'metadata.json'}: unreadable ({e})") from None
+    meta = read_extra_json(path, "metadata")
     config = meta.get("train_config") if isinstance(meta, dict) else None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: this checkpoint has no training config; only training checkpoints resume")
@@ -230,18 +236,6 @@ def stored_train_config(path: str | Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ pruning
-
-
-def periodic_checkpoints(out: Path) -> list[tuple[int, Path]]:
-    """(step, path) of the periodic checkpoints in `out`, oldest first."""
-    if not out.is_dir():
-        return []
-    found = []
-    for p in out.iterdir():
-        m = PERIODIC.fullmatch(p.name)
-        if m and p.is_dir():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
 
 
 def prune_periodic(out: Path, keep: int) -> list[Path]:
