@@ -15,10 +15,10 @@ from embergpt.data import load_text
 from embergpt.ladder import LADDER
 from embergpt.train import TrainConfig, train
 from embergpt.train.checkpoints import load_optimizer_tensors, optimizer_tensors, prune_periodic
-from embergpt.train.loop import detect_data_mode
 from embergpt.train.metrics import WALL_CLOCK_FIELDS, read_metrics
 from embergpt.train.optim import build_optimizers, parameter_roles
 from embergpt.train.schedule import lr_multiplier, run_progress
+from embergpt.train.setup import detect_data_mode
 
 TEXT = "".join(f"{i % 2} the quick brown fox jumps over the lazy dog; line {i % 7}.\n" for i in range(300))
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from embergpt.train.config import TrainConfig
 from embergpt.train.distributed import DistContext
-from embergpt.train.loop import TrainResult, run_training
+from embergpt.train.loop import run_loop
 from embergpt.train.metrics import plot_comparison, read_metrics
+from embergpt.train.result import TrainResult
+from embergpt.train.setup import setup_pretraining
 
 ORDER = ("bigram", "single-head", "multi-head", "gpt")
 
@@ -46,7 +48,7 @@ def compare_ladder(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         if cfg.time_budget is not None and cfg.eval_seconds is None:
             # models run at very different speeds: evaluate on the clock, so every curve gets ~12 points
             sub = sub.replace(eval_interval=0, eval_seconds=cfg.time_budget / 12)
-        result = run_training(sub, ctx)
+        result = run_loop(setup_pretraining(sub, ctx))
         results.append(result)
         if result.interrupted:
             break

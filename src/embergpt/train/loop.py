@@ -1,4 +1,4 @@
-"""The training loop: `train(TrainConfig) -> TrainResult`, the one function behind `embergpt train`.
+"""The step loop: `run_loop(RunSetup) -> TrainResult`, shared by pretraining and SFT (see `embergpt.train.setup`).
 
 One optimizer step:
     lr, momentum <- schedule(step, progress)
@@ -20,109 +20,29 @@ import contextlib
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn as nn
 
-from embergpt.checkpoint import load_checkpoint
-from embergpt.device import autocast, dtype_name, resolve_dtype
-from embergpt.errors import CheckpointError
+from embergpt.device import autocast, dtype_name
 from embergpt.train.checkpoints import (
     TrainState,
-    check_out_dir,
     interrupted_name,
-    load_optimizer_tensors,
     periodic_name,
     prune_periodic,
-    read_resume_point,
-    restore_rng,
     save_training_checkpoint,
 )
-from embergpt.train.config import DEFAULT_BPE_VOCAB, TrainConfig
-from embergpt.train.distributed import DistContext, init_distributed, shutdown_distributed
-from embergpt.train.evaluate import evaluate, generate_samples, sample_prompt, token_byte_lengths
+from embergpt.train.evaluate import evaluate, generate_samples, token_byte_lengths
 from embergpt.train.flops import model_flops_per_token, peak_flops
 from embergpt.train.interrupt import GracefulInterrupt
 from embergpt.train.metrics import MetricsLog, plot_losses
-from embergpt.train.optim import build_optimizers, set_lr, set_muon_momentum
+from embergpt.train.optim import set_lr, set_muon_momentum
 from embergpt.train.progress import ProgressBar, format_count, format_duration
+from embergpt.train.result import TrainResult
 from embergpt.train.schedule import lr_multiplier, muon_momentum, run_progress
-from embergpt.train.threads import ThreadTuner
+from embergpt.train.setup import RunSetup
 
 NUM_SAMPLES = 2
-
-
-@dataclass
-class TrainResult:
-    out_dir: Path
-    model_kind: str
-    num_params: int
-    step: int
-    checkpoint: Path | None  # OUT/final, or OUT/interrupted-step-N
-    interrupted: bool
-    train_loss: float | None
-    val_loss: float | None
-    val_bpb: float | None
-    train_seconds: float  # time in training steps (what --time-budget counts)
-    wall_seconds: float  # everything: data, evaluation, checkpoints
-    tokens: int
-    tok_per_s: float  # median over the run's steps
-    mfu: float | None
-    metrics_path: Path | None
-    plot_path: Path | None
-    samples: list[str] = field(default_factory=list)
-    ladder: list[TrainResult] | None = None  # --model compare: one result per model
-
-    @property
-    def exit_code(self) -> int:
-        return 130 if self.interrupted else 0
-
-
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train as `cfg` says (one model, or `model="compare"`: the whole teaching ladder) and return the outcome.
-
-    Under torchrun this joins the process group; rank 0 logs and checkpoints, every rank returns a result.
-    """
-    ctx = init_distributed(cfg.device)
-    threads = torch.get_num_threads()
-    try:
-        if cfg.model == "compare":
-            from embergpt.train.compare import compare_ladder
-
-            return compare_ladder(cfg, ctx)
-        return run_training(cfg, ctx)
-    finally:
-        torch.set_num_threads(threads)  # --threads is this run's setting, not the process's
-        shutdown_distributed(ctx)
-
-
-# ------------------------------------------------------------------------------------------------ set-up
-
-
-def detect_data_mode(text: str) -> str:
-    """"documents" for corpora of one short item per line (names.txt: no blank lines, short one-word lines),
-    "window" for running text."""
-    lines = text.rstrip("\n").split("\n")
-    if len(lines) < 2 or any(not line.strip() for line in lines):
-        return "window"
-    lengths = sorted(len(line) for line in lines)
-    words = statistics.median(len(line.split()) for line in lines)
-    return "documents" if lengths[int(0.95 * (len(lengths) - 1))] <= 64 and words <= 4 else "window"
-
-
-def build_tokenizer(cfg: TrainConfig, text: str) -> Any:
-    """char: the text's characters; bpe: trained on all but the validation tail; else: a tokenizer file."""
-    from embergpt.tokenizer import BPETokenizer, CharTokenizer, heldout_split, load_tokenizer
-
-    if cfg.tokenizer == "char":
-        return CharTokenizer.from_text(text)
-    if cfg.tokenizer == "bpe":
-        head, _ = heldout_split(text, cfg.val_fraction)
-        return BPETokenizer.train(head, cfg.vocab_size or DEFAULT_BPE_VOCAB)
-    return load_tokenizer(cfg.tokenizer)
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -146,92 +66,17 @@ class _Printer:
 # ------------------------------------------------------------------------------------------------ the run
 
 
-def run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
-    """One model's run on an already set-up (possibly distributed) context. See `train`."""
-    from embergpt.data import TokenDataset, load_text
-    from embergpt.ladder import LADDER
-
-    wall_start = time.perf_counter()
-    device, main = ctx.device, ctx.is_main
-    dtype = resolve_dtype(cfg.dtype, device)
+def run_loop(run: RunSetup) -> TrainResult:
+    """Step, log, evaluate, sample and checkpoint until the budget is spent or a Ctrl-C; see the module."""
+    cfg, ctx = run.cfg, run.ctx
+    device, main, dtype = ctx.device, ctx.is_main, run.dtype
     out = Path(cfg.out)
     bar = ProgressBar(enabled=cfg.verbose and main)
     say = _Printer(cfg.verbose and main, bar)
+    tuner, tokenizer, dataset, sampler = run.tuner, run.tokenizer, run.dataset, run.sampler
+    model, raw_model, eval_model, optimizers = run.model, run.raw_model, run.eval_model, run.optimizers
+    model_config, seq_len, state = run.model_config, run.seq_len, run.state
 
-    tuner = None
-    if device.type == "cpu" and cfg.threads == "auto":
-        tuner = ThreadTuner(torch.get_num_threads())
-    elif device.type == "cpu" and cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-
-    resumed = None
-    if cfg.resume is not None:
-        if not Path(cfg.resume).is_dir():
-            raise CheckpointError(f"cannot resume: {cfg.resume} is not a checkpoint directory")
-        resumed = load_checkpoint(cfg.resume)
-        if resumed.metadata.get("format_version") == 1:  # its optimizer moments are in the old RoPE basis
-            raise CheckpointError(f"{cfg.resume} is a format-1 checkpoint (the old RoPE direction): it loads for "
-                                  "generate/serve/export, but its optimizer state cannot resume; start a new run")
-        point = read_resume_point(cfg.resume)
-        done = point.state
-        if cfg.steps is not None and done.step >= cfg.steps:
-            raise CheckpointError(f"{cfg.resume} is at step {done.step}, already past --steps {cfg.steps}: "
-                                  "pass a larger --steps to train further")
-        if cfg.time_budget is not None and done.train_seconds >= cfg.time_budget:
-            raise CheckpointError(f"{cfg.resume} has trained {done.train_seconds:.0f} s, its --time-budget "
-                                  f"{cfg.time_budget:g} s: pass a larger --time-budget or a --steps to train further")
-    else:  # every rank checks (and fails) alike; only rank 0 deletes
-        check_out_dir(out, cfg.overwrite, remove=main)
-
-    torch.manual_seed(cfg.seed)
-    text = load_text(cfg.data)
-    tokenizer = resumed.tokenizer if resumed is not None else build_tokenizer(cfg, text)
-    mode = detect_data_mode(text) if cfg.data_mode == "auto" else cfg.data_mode
-    dataset = TokenDataset.build(text, tokenizer, cfg.val_fraction, mode=mode, seed=cfg.seed)
-
-    longest = None
-    if mode == "documents":
-        longest = max(len(d) for d in [*dataset.train_docs, *dataset.val_docs])
-    model_config = cfg.model_config(tokenizer.vocab_size, longest)
-    if resumed is not None:
-        kind = resumed.metadata.get("model", {}).get("kind", "gpt")
-        if kind != cfg.model or resumed.config != model_config:
-            raise CheckpointError(
-                f"{cfg.resume} holds a {kind} model of a different shape than this config asks for; "
-                "resume with the flags it was trained with (or none)"
-            )
-        model: nn.Module = resumed.model
-    else:
-        model = LADDER[cfg.model](model_config)
-    model.to(device).train()
-    raw_model = model
-    seq_len = model_config.sequence_len
-    if cfg.compile:
-        model = torch.compile(model)
-    eval_model = model
-    if ctx.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    optimizers = build_optimizers(raw_model, cfg)
-    sampler = dataset.sampler("train", cfg.batch_size, seq_len, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size)
-    state = TrainState()
-    if resumed is not None:
-        state = point.state
-        if len(point.optimizer_skeletons) != len(optimizers):
-            raise CheckpointError(f"{cfg.resume} was trained with another optimizer; resume with the same --optimizer")
-        for opt, tensors, skeleton in zip(optimizers, point.optimizer_tensors, point.optimizer_skeletons):
-            load_optimizer_tensors(opt, {k: v.to(device) for k, v in tensors.items()}, skeleton)
-        try:
-            sampler.load_state_dict(state.sampler)
-        except ValueError as e:
-            raise CheckpointError(f"{cfg.resume}: {e}") from None
-        restore_rng(point.rng, device)
-        if ctx.rank > 0:
-            torch.manual_seed(cfg.seed + 1000003 * ctx.rank + state.step)  # dropout differs per rank, as before
-    elif ctx.rank > 0:
-        torch.manual_seed(cfg.seed + 1000003 * ctx.rank)
     metrics = MetricsLog(out / "metrics.jsonl" if main else None, state.metrics)
     state.metrics = metrics.records
 
@@ -242,14 +87,11 @@ def run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     tokens_per_step = cfg.batch_size * seq_len * cfg.grad_accum
     total = cfg.total_steps
     token_bytes = token_byte_lengths(tokenizer)
-    prompt = sample_prompt(tokenizer, mode == "documents")
     amp = lambda: autocast(device, dtype)  # noqa: E731
 
-    n_data = len(dataset.train_ids) if mode == "window" else len(dataset.train_docs)
     say(
         f"{kind}: {num_params / 1e6:.2f}M parameters ({model_config.n_layer} layers, d={model_config.n_embd}, "
-        f"{model_config.n_head} heads) | {cfg.data}: {mode} mode, {format_count(n_data)} train "
-        f"{'tokens' if mode == 'window' else 'documents'}, {tokenizer.kind} vocab {tokenizer.vocab_size}"
+        f"{model_config.n_head} heads) | {run.data_summary}, {tokenizer.kind} vocab {tokenizer.vocab_size}"
     )
     budget = f"{total} steps" if total is not None else ""
     if cfg.time_budget is not None:
@@ -260,7 +102,7 @@ def run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         f"{f', {ctx.world_size} ranks' if ctx.enabled else ''}) | {cfg.optimizer} | batch {cfg.batch_size} x "
         f"{seq_len} x {cfg.grad_accum} = {format_count(tokens_per_step)} tokens/step | {budget} | "
         f"MFU against {peak / 1e9:.0f} GFLOP/s ({peak_source})"
-        + (f" | resuming from {cfg.resume} at step {state.step}" if resumed is not None else "")
+        + (f" | resuming from {cfg.resume} at step {state.step}" if run.resumed else "")
     )
 
     samples: list[str] = []
@@ -280,9 +122,11 @@ def run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
             return
         with amp():
             samples = generate_samples(
-                raw_model, tokenizer, prompt, NUM_SAMPLES, cfg.sample_tokens, seq_len, device,
-                seed=cfg.seed + state.step, stop_at_bos=mode == "documents",
+                raw_model, tokenizer, run.sample_prompt, NUM_SAMPLES, cfg.sample_tokens, seq_len, device,
+                seed=cfg.seed + state.step, stop_at_bos=run.stop_at_bos,
             )
+        if run.sample_stop is not None:
+            samples = [s.split(run.sample_stop)[0] for s in samples]
         for i, s in enumerate(samples):
             say(f"--- sample {i + 1} (step {state.step}) ---\n{s.strip()}")
 
@@ -316,7 +160,7 @@ def run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
 
             batches = [sampler.next_batch() for _ in range(cfg.grad_accum)]
             counts = [float((y >= 0).sum()) for _, y in batches]
-            if mode == "window":
+            if run.dense_targets:
                 global_count = float(tokens_per_step)  # every target is a real token
             else:
                 global_count = float(ctx.all_reduce(torch.tensor(sum(counts), device=device)).item())
@@ -439,7 +283,7 @@ def run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         val_loss=last_eval["val_loss"] if last_eval else None,
         val_bpb=last_eval["val_bpb"] if last_eval else None,
         train_seconds=state.train_seconds,
-        wall_seconds=time.perf_counter() - wall_start,
+        wall_seconds=time.perf_counter() - run.wall_start,
         tokens=state.tokens,
         tok_per_s=tok_per_s,
         mfu=flops_per_token * tok_per_s / peak if peak > 0 else None,
