@@ -29,6 +29,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from embergpt.errors import TokenizerError
+from embergpt.serve.api_docs import install_docs
 from embergpt.serve.api_errors import ApiError, SafeJSONResponse, install_error_handlers
 from embergpt.serve.body_limit import BodyLimitMiddleware
 from embergpt.serve.chat_template import render_chat
@@ -95,9 +96,12 @@ def create_app(
         description="Text generation with a small GPT: a web UI, a JSON API and an OpenAI-compatible API.",
         lifespan=lifespan,
         default_response_class=SafeJSONResponse,
+        docs_url=None,  # FastAPI's /docs and /redoc load their scripts from a CDN: install_docs serves them locally
+        redoc_url=None,
     )
     app.state.service = service
     install_error_handlers(app)
+    install_docs(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=service.settings.max_body_bytes)
     _add_ui_routes(app)
     _add_api_routes(app, service)
