@@ -655,7 +655,7 @@ function selectToken(index) {
   chips[index].classList.add("active");
   const matrix = currentMatrix();
   if (!matrix) {
-    attends.textContent = v.tokens.length ? 'Attention not available: generate with "return weights" on.' : "";
+    attends.textContent = v.tokens.length ? 'Attention not available: turn on "return weights" and run again.' : "";
     drawHeatmap();
     return;
   }
