@@ -55,10 +55,10 @@ def old_formula_logits(state: dict, cfg: GPTConfig, idx: torch.Tensor) -> torch.
     return (c * torch.tanh(logits / c)).clamp(-50, 50)
 
 
-def write_format1(path, model):
+def write_format1(path, model, tokenizer=None):
     """A checkpoint exactly as format 1 wrote it: same files, format_version 1, and weights whose header does not
     record the digest of metadata.json (format 1 did not hash metadata.json)."""
-    save_checkpoint(model, path)
+    save_checkpoint(model, path, tokenizer=tokenizer)
     weights = path / "model.safetensors"
     save_file(load_file(weights), weights)
     meta = json.loads((path / "metadata.json").read_text())

@@ -21,6 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "serve a checkpoint over HTTP with a web UI"),
     "micro": ("micro", "train the pure-Python micro GPT on names"),
     "bench": ("bench", "run a benchmark and print JSON"),
+    "export": ("export", "export a checkpoint to another format (--format hf: a transformers directory)"),
+    "import": ("import_", "import a model from another format (--format hf: a NanoChatForCausalLM directory)"),
+    "eval": ("eval", "evaluate a checkpoint: loss and bits per byte on data, multiple-choice tasks"),
 }
 
 
