@@ -3,13 +3,18 @@
 Each client has a bucket holding up to `burst` tokens, refilled at `rate` tokens per second; a request takes one.
 A client that waited long enough starts with a full bucket again, so idle clients are forgotten (memory stays
 bounded by the number of clients active in the last burst / rate seconds).
+
+The key is `client_key(scope)`: the address of the connection's peer. Never a header such as X-Forwarded-For, which
+any client can write: only when the peer is a proxy in --forwarded-allow-ips does uvicorn replace scope["client"]
+with the client that proxy names (see embergpt.serve.server.uvicorn_config).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 
 class TokenBucketLimiter:
@@ -56,3 +61,9 @@ class TokenBucketLimiter:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+def client_key(scope: Mapping[str, Any]) -> str:
+    """The rate-limit key of an ASGI request: its peer's host ("unknown" for a peer without an address)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"

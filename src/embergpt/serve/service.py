@@ -19,7 +19,7 @@ from embergpt.errors import TokenizerError
 from embergpt.sampling import SamplingParams
 from embergpt.serve.api_errors import ApiError
 from embergpt.serve.generation import Generation, GenerationSpec, LoopMailbox
-from embergpt.serve.rate_limit import TokenBucketLimiter
+from embergpt.serve.rate_limit import TokenBucketLimiter, client_key
 from embergpt.serve.scheduler import Scheduler
 from embergpt.serve.settings import ServeSettings
 from embergpt.serve.training_metrics import read_metrics
@@ -227,8 +227,7 @@ class ModelService:
         """Take one rate-limit token for the client; 429 rate_limited when its bucket is empty."""
         if self.limiter is None:
             return
-        client = request.client.host if request.client else "unknown"
-        wait = self.limiter.acquire(client)
+        wait = self.limiter.acquire(client_key(request.scope))  # the peer, never a header (see rate_limit.py)
         if wait > 0:
             retry = max(1, int(-(-wait // 1)))
             raise ApiError(
