@@ -7,7 +7,8 @@ It serves two things:
   "partial"}` and its refusal of `length > 100`.
 
 Failures are scripted per request (`fail_next`): an HTTP status (with a Retry-After, an error body), a malformed
-JSON body, a dropped connection, a truncated body or a stall past the client's timeout.
+JSON body, a dropped connection, a truncated body, a stall past the client's timeout, or a drip (the headers or
+the body sent one byte every `delay` seconds, which no per-read timeout catches).
 Every request is recorded in `requests`.
 """
 
@@ -25,8 +26,8 @@ from typing import Any
 
 @dataclass
 class Failure:
-    """One scripted misbehaviour: `kind` is "status", "malformed", "drop", "truncate" or "stall" (answer nothing
-    for `delay` seconds, then hang up)."""
+    """One scripted misbehaviour: `kind` is "status", "malformed", "drop", "truncate", "stall" (answer nothing
+    for `delay` seconds, then hang up), "drip_body" or "drip_headers" (one byte every `delay` seconds)."""
 
     kind: str
     status: int = 500
@@ -146,12 +147,28 @@ def _make_handler(remote: FakeRemote) -> type[BaseHTTPRequestHandler]:
             elif failure.kind == "stall":
                 time.sleep(failure.delay)
                 self.close_connection = True
+            elif failure.kind in ("drip_body", "drip_headers"):
+                self._drip(failure, remote.files.get(path, b"x" * 1000))
             elif failure.kind == "truncate":
                 body = remote.files.get(path, b"partial body")
                 self._send(200, body[: len(body) // 2], length=len(body) + 10)
                 self.close_connection = True
             else:
                 raise ValueError(f"unknown failure kind {failure.kind!r}")
+
+        def _drip(self, failure: Failure, body: bytes) -> None:
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            if failure.kind == "drip_body":
+                self.wfile.write(head)
+                head = b""
+            self.close_connection = True
+            try:
+                for i in range(len(head + body)):
+                    self.wfile.write((head + body)[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(failure.delay)
+            except OSError:
+                pass  # the client gave up: what this failure is for
 
         def _rows(self, query: dict[str, str]) -> None:
             for required in ("dataset", "config", "split"):

@@ -10,10 +10,14 @@
 
 Downloads land in `$EMBERGPT_CACHE` (default `~/.cache/embergpt`), written to a temporary file and renamed, so a
 crash never leaves a half-written cache entry. Connection errors, 429 and 5xx are retried with exponential backoff
-(honouring `Retry-After`); the policy comes from the environment so that tests can make it fast:
+(honouring `Retry-After`). One load has a total deadline over all its requests, retries and waits: a server that
+answers one byte per second fails at the deadline, not never. The policy comes from the environment (each value
+checked: a whole number or a finite number in its range, else a one-line error):
 
-    EMBERGPT_RETRY_ATTEMPTS (5)  EMBERGPT_RETRY_BASE_SECONDS (1.0)  EMBERGPT_RETRY_MAX_SECONDS (60)
-    EMBERGPT_HTTP_TIMEOUT (30)   EMBERGPT_HF_ENDPOINT (https://datasets-server.huggingface.co)
+    EMBERGPT_RETRY_ATTEMPTS (5, 1..100)             EMBERGPT_RETRY_BASE_SECONDS (1.0, 0..3600)
+    EMBERGPT_RETRY_MAX_SECONDS (60, 0..3600)        EMBERGPT_HTTP_TIMEOUT (30, per read, 0.001..3600)
+    EMBERGPT_DOWNLOAD_DEADLINE (1800, whole load, 0.001..86400)
+    EMBERGPT_HF_ENDPOINT (https://datasets-server.huggingface.co)
 
 Every failure is a one-line `DataError` naming the source and what to do.
 """
@@ -22,24 +26,32 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
 import hashlib
 import http.client
 import importlib.resources
 import json
+import math
 import os
 import re
+import socket
 import ssl
+import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from embergpt.atomic_write import write_bytes_atomic
+from embergpt.bounded_json import loads as bounded_loads
 from embergpt.errors import DataError
+from embergpt.input_files import read_regular_file
 
 MAX_TEXT_BYTES = 1 << 30  # 1 GiB: beyond this a corpus belongs in a streaming pipeline, not one str
 BUILTINS: dict[str, str] = {"shakespeare": "shakespeare.txt", "names": "names.txt"}
@@ -72,39 +84,102 @@ def cache_dir() -> Path:
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "embergpt"
 
 
+def _env_number(name: str, default: float, low: float, high: float, integer: bool = False) -> float:
+    """The number in environment variable `name` (`default` when unset or empty): finite, in [low, high], and
+    whole when `integer`. A DataError names the variable and the range otherwise ("inf", "nan", "-1", "1e999")."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    kind = "a whole number" if integer else "a number"
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and low <= value <= high and (not integer or value.is_integer())):
+        raise DataError(f"{name}={raw[:40]!r} is not {kind} in [{low:g}, {high:g}]; set it to one, or unset it")
+    return int(value) if integer else value
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How hard to try a remote source: `attempts` tries in all, waiting base * 2**k (capped) in between."""
+    """How hard to try a remote source: `attempts` tries in all, waiting base * 2**k (capped) in between, each
+    read waiting at most `timeout_seconds`, and the whole load (every request, retry and wait) ending within
+    `deadline_seconds`."""
 
     attempts: int = 5
     base_seconds: float = 1.0
     max_seconds: float = 60.0
     timeout_seconds: float = 30.0
+    deadline_seconds: float = 1800.0
 
     @classmethod
     def from_env(cls) -> RetryPolicy:
-        def read(name: str, default: float, minimum: float) -> float:
-            raw = os.environ.get(name)
-            if raw is None or raw == "":
-                return default
-            try:
-                value = float(raw)
-            except ValueError:
-                raise DataError(f"{name}={raw!r} is not a number; set it to a number >= {minimum}") from None
-            if not value >= minimum:
-                raise DataError(f"{name}={raw!r} is out of range; set it to a number >= {minimum}")
-            return value
-
         return cls(
-            attempts=int(read("EMBERGPT_RETRY_ATTEMPTS", cls.attempts, 1)),
-            base_seconds=read("EMBERGPT_RETRY_BASE_SECONDS", cls.base_seconds, 0.0),
-            max_seconds=read("EMBERGPT_RETRY_MAX_SECONDS", cls.max_seconds, 0.0),
-            timeout_seconds=read("EMBERGPT_HTTP_TIMEOUT", cls.timeout_seconds, 0.001),
+            attempts=int(_env_number("EMBERGPT_RETRY_ATTEMPTS", cls.attempts, 1, 100, integer=True)),
+            base_seconds=_env_number("EMBERGPT_RETRY_BASE_SECONDS", cls.base_seconds, 0.0, 3600.0),
+            max_seconds=_env_number("EMBERGPT_RETRY_MAX_SECONDS", cls.max_seconds, 0.0, 3600.0),
+            timeout_seconds=_env_number("EMBERGPT_HTTP_TIMEOUT", cls.timeout_seconds, 0.001, 3600.0),
+            deadline_seconds=_env_number("EMBERGPT_DOWNLOAD_DEADLINE", cls.deadline_seconds, 0.001, 86400.0),
         )
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` (0-based)."""
-        return min(self.max_seconds, self.base_seconds * (2.0**attempt))
+        return min(self.max_seconds, self.base_seconds * (2.0 ** min(attempt, 64)))
+
+
+class Deadline:
+    """The wall-clock end of one load, shared by all its requests. Use as a context manager: at the deadline one
+    timer shuts down every socket the load has open (`watch`), which ends any read blocked on it; a per-read
+    timeout alone never fires against a server that sends one byte per second."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.add(sock)
+            if self._timer is None:
+                self._timer = threading.Timer(max(0.0, self.remaining()), self._expire)
+                self._timer.daemon = True
+                self._timer.start()
+        if self.expired():
+            self._expire()
+
+    def _expire(self) -> None:
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> Deadline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+    def cancel(self) -> None:
+        """Stop the timer: the load is over."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def remaining(self) -> float:
+        return self.end - time.monotonic()
+
+    def expired(self) -> bool:
+        return self.remaining() <= 0
+
+    def error(self, source: str) -> DataError:
+        return _error(
+            source,
+            f"no complete answer within the download deadline of {self.seconds:g} s",
+            "try again later, or raise EMBERGPT_DOWNLOAD_DEADLINE for a slow connection",
+        )
 
 
 def load_text(source: str) -> str:
@@ -214,8 +289,53 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def _opener(url: str, source: str) -> urllib.request.OpenerDirector:
-    handlers: list[urllib.request.BaseHandler] = [_CheckedRedirects(source)]
+class _DeadlineConnection:
+    """Mixed into http.client's connections: its socket is watched by the load's Deadline."""
+
+    def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        create = self._create_connection  # type: ignore[attr-defined]
+
+        def create_watched(*a: Any, **k: Any) -> socket.socket:
+            # The TCP socket itself is watched, from before the TLS handshake on: urllib drops `self.sock` once
+            # the headers are in, while the response still reads from it.
+            sock = create(*a, **k)
+            deadline.watch(sock)
+            return sock
+
+        self._create_connection = create_watched
+
+
+class _DeadlineHTTP(_DeadlineConnection, http.client.HTTPConnection):
+    pass
+
+
+class _DeadlineHTTPS(_DeadlineConnection, http.client.HTTPSConnection):
+    pass
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: Deadline) -> None:
+        super().__init__()
+        self._connection = functools.partial(_DeadlineHTTP, deadline=deadline)
+
+    def http_open(self, req):  # type: ignore[no-untyped-def]
+        return self.do_open(self._connection, req)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: Deadline) -> None:
+        super().__init__()
+        self._connection = functools.partial(_DeadlineHTTPS, deadline=deadline)
+
+    def https_open(self, req):  # type: ignore[no-untyped-def]
+        return self.do_open(self._connection, req, context=getattr(self, "_context", None))
+
+
+def _opener(url: str, source: str, deadline: Deadline) -> urllib.request.OpenerDirector:
+    handlers: list[urllib.request.BaseHandler] = [
+        _CheckedRedirects(source), _DeadlineHTTPHandler(deadline), _DeadlineHTTPSHandler(deadline)
+    ]
     if urllib.parse.urlsplit(url).hostname in _LOOPBACK_HOSTS:
         handlers.append(urllib.request.ProxyHandler({}))  # a proxy cannot reach our loopback test server
     return urllib.request.build_opener(*handlers)
@@ -242,37 +362,71 @@ def _http_error_detail(err: urllib.error.HTTPError) -> str:
     except Exception:  # the body is a courtesy; the status code already says what happened
         return ""
     try:
-        payload = json.loads(body)
-        if isinstance(payload, dict) and isinstance(payload.get("error"), str):
-            return f": {payload['error']}"
-    except (ValueError, UnicodeDecodeError):
-        pass
+        payload = bounded_loads(body, what="error body", max_depth=4, error=DataError)
+    except DataError:
+        return ""
+    if isinstance(payload, dict) and isinstance(payload.get("error"), str):
+        return f": {_one_line(payload['error'], 200)}"
     return ""
 
 
-def _fetch(url: str, source: str, dest: Path, policy: RetryPolicy, max_bytes: int) -> None:
-    """Download `url` into the file `dest` (overwritten), retrying transient failures. Raises DataError."""
+class _Progress:
+    """A download's progress on stderr, every few seconds, when stderr is a terminal (never in logs or tests)."""
+
+    def __init__(self, source: str) -> None:
+        self.source, self.start, self.last = source, time.monotonic(), time.monotonic()
+        self.enabled = sys.stderr.isatty()
+
+    def update(self, received: int, total: int | None) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < 2.0:
+            return
+        self.last = now
+        of = f" of {total / 1e6:.1f}" if total else ""
+        rate = received / 1e6 / max(1e-9, now - self.start)
+        print(f"\rdownloading {self.source}: {received / 1e6:.1f}{of} MB ({rate:.2f} MB/s)", end="",
+              file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.enabled and self.last > self.start:
+            print(file=sys.stderr, flush=True)
+
+
+def _fetch(url: str, source: str, dest: Path, policy: RetryPolicy, max_bytes: int, deadline: Deadline) -> None:
+    """Download `url` into the file `dest` (overwritten), retrying transient failures until `deadline`.
+    Raises DataError."""
     _check_url(url, source)
-    opener = _opener(url, source)
+    opener = _opener(url, source, deadline)
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     last_problem = "no attempt made"
     for attempt in range(policy.attempts):
         wait: float | None = None
+        if deadline.expired():
+            raise deadline.error(source)
         try:
-            with opener.open(request, timeout=policy.timeout_seconds) as response:
+            timeout = max(0.001, min(policy.timeout_seconds, deadline.remaining()))
+            with opener.open(request, timeout=timeout) as response:
                 length = response.headers.get("Content-Length")
                 if length and length.isdigit() and int(length) > max_bytes:
                     raise _error(source, f"the server sends {int(length)} bytes, over the limit", "use a smaller file")
+                total = int(length) if length and length.isdigit() else None
                 received = 0
+                progress = _Progress(source)
                 with open(dest, "wb") as out:
-                    while chunk := response.read(_READ_CHUNK):
+                    while chunk := response.read1(_READ_CHUNK):
                         received += len(chunk)
                         if received > max_bytes:
                             raise _error(source, "the download is over the 1 GiB limit", "use a smaller file")
                         out.write(chunk)
-                if length and length.isdigit() and received != int(length):
-                    raise http.client.IncompleteRead(b"", int(length) - received)
+                        progress.update(received, total)
+                progress.done()
+                if deadline.expired():  # the socket was shut at the deadline: what came is not the whole body
+                    raise deadline.error(source)
+                if total is not None and received != total:
+                    raise http.client.IncompleteRead(b"", total - received)
             return
+        except DataError:
+            raise
         except urllib.error.HTTPError as e:
             detail = _http_error_detail(e)
             if e.code == 429 or 500 <= e.code <= 599:
@@ -294,8 +448,15 @@ def _fetch(url: str, source: str, dest: Path, policy: RetryPolicy, max_bytes: in
             last_problem = f"connection failed ({e.reason})"
         except (TimeoutError, ConnectionError, http.client.HTTPException, OSError) as e:
             last_problem = f"transfer failed ({type(e).__name__}{': ' + str(e) if str(e) else ''})"
+        if deadline.expired():
+            raise deadline.error(source)
         if attempt + 1 < policy.attempts:
             delay = policy.backoff(attempt) if wait is None else min(wait, policy.max_seconds)
+            if delay >= deadline.remaining():
+                raise _error(
+                    source, f"{last_problem}; the next retry would start after the download deadline",
+                    "try again later, or raise EMBERGPT_DOWNLOAD_DEADLINE",
+                )
             _sleep(delay)
     raise _error(
         source,
@@ -309,12 +470,12 @@ def _cache_path(kind: str, key: str) -> Path:
 
 
 def _read_cached(path: Path, source: str) -> str | None:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return None
-    except OSError as e:
-        raise _error(source, f"cannot read the cache file {path} ({e.strerror})", "delete it and retry") from None
+    try:
+        data = read_regular_file(path, max_bytes=MAX_TEXT_BYTES, what="cache file", error=DataError)
+    except DataError as e:
+        raise _error(source, str(e), f"delete {path} and retry") from None
     return _decode(data, source, f"delete the cache file {path} and retry")
 
 
@@ -325,12 +486,14 @@ def _load_url(source: str) -> str:
     if cached is not None:
         return cached
     policy = RetryPolicy.from_env()
+    deadline = Deadline(policy.deadline_seconds)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        _fetch(source, source, tmp, policy, MAX_TEXT_BYTES)
+        with deadline:
+            _fetch(source, source, tmp, policy, MAX_TEXT_BYTES, deadline)
         text = _decode(tmp.read_bytes(), source, "point it at a UTF-8 text file")
         os.replace(tmp, target)  # validated first, so the cache only ever holds good text
     finally:
@@ -413,14 +576,19 @@ def hf_endpoint() -> str:
     return (os.environ.get("EMBERGPT_HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")
 
 
-def _fetch_json(url: str, source: str, policy: RetryPolicy, scratch: Path) -> Any:
-    _fetch(url, source, scratch, policy, 64 << 20)
+MAX_REPLY_BYTES = 64 << 20  # one page of 100 rows; its cells are capped by the datasets-server
+
+
+def _fetch_json(url: str, source: str, policy: RetryPolicy, scratch: Path, deadline: Deadline) -> Any:
+    """One datasets-server reply, bounded in size and nesting depth before it is parsed."""
+    _fetch(url, source, scratch, policy, MAX_REPLY_BYTES, deadline)
+    data = read_regular_file(scratch, max_bytes=MAX_REPLY_BYTES, what="server reply", error=DataError)
     try:
-        return json.loads(scratch.read_bytes())
-    except (ValueError, UnicodeDecodeError) as e:
+        return bounded_loads(data, what="reply", max_bytes=MAX_REPLY_BYTES, error=DataError)
+    except DataError as e:
         raise _error(
             source,
-            f"the server sent malformed JSON ({type(e).__name__}: {e})",
+            f"the server sent malformed JSON ({e})",
             "check EMBERGPT_HF_ENDPOINT points at a datasets-server, or try again later",
         ) from None
 
@@ -451,6 +619,7 @@ def _load_hf(source: str) -> str:
         return cached
 
     policy = RetryPolicy.from_env()
+    deadline = Deadline(policy.deadline_seconds)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, scratch_name = tempfile.mkstemp(dir=target.parent, prefix=".rows.", suffix=".json")
     os.close(fd)
@@ -467,7 +636,7 @@ def _load_hf(source: str) -> str:
                 params["revision"] = spec.revision
             params.update(offset=str(pos), length=str(length))
             url = f"{endpoint}/rows?{urllib.parse.urlencode(params)}"
-            rows, total = _page_rows(_fetch_json(url, source, policy, scratch), source, url)
+            rows, total = _page_rows(_fetch_json(url, source, policy, scratch, deadline), source, url)
             rows = rows[:length]  # never more than asked for, whatever the server sends
             for row in rows:
                 if spec.column not in row:
@@ -492,6 +661,7 @@ def _load_hf(source: str) -> str:
             if len(rows) < length or (total is not None and pos >= total):
                 break
     finally:
+        deadline.cancel()
         with contextlib.suppress(FileNotFoundError):
             scratch.unlink()
     if not cells:
