@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from embergpt.config import GPTConfig
-from embergpt.errors import EmbergptError
 
 
 def _gpt(c: GPTConfig) -> int:
@@ -116,7 +115,7 @@ def check_fits(
     bytes_per_parameter: int,
     what: str,
     advice: str,
-    error: type[EmbergptError],
+    error: type[Exception],
 ) -> int:
     """Refuse (raise `error`, one line) a model whose parameters (times `bytes_per_parameter`: 4 to hold fp32
     weights, ~16 to train them with AdamW) plus fp32 buffers exceed the memory available now. Returns the

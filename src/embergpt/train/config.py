@@ -11,6 +11,7 @@ from typing import Any
 
 from embergpt.config import PRESETS, GPTConfig, strict_from_dict
 
+STAGES = ("pretrain", "sft")
 MODELS = ("gpt", "bigram", "single-head", "multi-head", "compare")
 COMPARE_CANNOT_RESUME = "--model compare trains four new models; it cannot --resume (resume each model's own run)"
 OPTIMIZERS = ("adamw", "muon")
@@ -22,6 +23,9 @@ DEFAULT_BPE_VOCAB = 4096
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # what kind of run: "pretrain" (text) or "sft" (conversations, starting from the checkpoint `init_from`)
+    stage: str = "pretrain"
+    init_from: str | None = None
     # data and model
     data: str = "builtin:shakespeare"
     tokenizer: str = "char"  # char | bpe | a tokenizer file
@@ -100,13 +104,33 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        _choice("stage", self.stage, STAGES)
+        if self.stage == "sft" and self.init_from is None and self.resume is None:
+            raise ValueError("SFT starts from a pretrained checkpoint: pass one (embergpt sft CHECKPOINT)")
+        if self.stage == "sft" and self.model != "gpt":
+            raise ValueError(f"SFT trains the gpt model (its checkpoint's); model {self.model!r} cannot be fine-tuned")
         if self.model == "compare" and self.resume is not None:
             raise ValueError(COMPARE_CANNOT_RESUME)
         if self.threads is not None and self.threads != "auto":
             _positive_int("threads", self.threads)
-        if self.tokenizer in ("char", "bpe") or Path(self.tokenizer).suffix == ".json":
-            return
-        raise ValueError(f"tokenizer must be char, bpe or a tokenizer .json file, got {self.tokenizer!r}")
+        if not (self.tokenizer in ("char", "bpe") or Path(self.tokenizer).suffix == ".json"):
+            raise ValueError(f"tokenizer must be char, bpe or a tokenizer .json file, got {self.tokenizer!r}")
+        # The shape flags checked now, before any data is read: with the smallest vocabulary, so that what is
+        # refused here (n_layer 10**9) is refused whatever the tokenizer turns out to be.
+        self.model_config(vocab_size=1)
+
+    def check_fits(self, config: GPTConfig) -> int:
+        """Refuse (ValueError, one line) a model this machine cannot hold: weights on the CPU (the model is built
+        there) and, when it trains there too, gradients and two AdamW moments, 16 bytes per parameter. Returns
+        the parameter count."""
+        from embergpt.model_size import check_fits
+
+        kind = "gpt" if self.model == "compare" else self.model  # compare's largest rung is the GPT
+        on_cpu = self.device in (None, "cpu") and not _cuda_available()
+        return check_fits(
+            kind, config, 16 if on_cpu else 4, "too large for this machine",
+            "use a smaller --preset, --n-layer, --n-embd or --seq-len (see `embergpt train --help`)", ValueError,
+        )
 
     # ---- derived values
 
@@ -119,6 +143,7 @@ class TrainConfig:
 
     def model_config(self, vocab_size: int, longest_document: int | None = None) -> GPTConfig:
         """The GPTConfig this run trains: the preset (or defaults), the shape flags, the tokenizer's vocab.
+        Raises ValueError when it does not fit in memory (`check_fits`).
 
         In documents mode without --seq-len, the sequence is cut to fit the longest document (+ BOS), rounded up
         to a multiple of 8: names need 16 positions, not the preset's 128 of mostly padding."""
@@ -134,7 +159,9 @@ class TrainConfig:
         n_head = changes.get("n_head", base.n_head)
         if self.n_kv_head is None and n_head % base.n_kv_head != 0:
             changes["n_kv_head"] = n_head  # the preset's grouping does not fit the new head count: plain MHA
-        return base.replace(**changes)
+        config = base.replace(**changes)
+        self.check_fits(config)
+        return config
 
     # ---- serialisation
 
@@ -167,6 +194,12 @@ class TrainConfig:
             stored.update(steps=None, time_budget=None)
         stored.update(overrides)
         return cls.from_dict(stored)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _choice(name: str, value: Any, options: tuple[str, ...]) -> None:
