@@ -12,7 +12,8 @@ uvicorn's httptools protocol with those limits added:
     max_connections    503 {"error": "too_many_connections"} to every connection beyond the cap, at once
 
 After an error answer the connection is half-closed and what the client still sends is discarded (never stored) for
-at most LINGER_SECONDS, so that the client can read the answer instead of a reset.
+at most LINGER_SECONDS (BUSY_LINGER_SECONDS for a connection over the cap, which must give its slot back soon), so
+that the client can read the answer instead of a reset.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 LINGER_SECONDS = 1.0
+BUSY_LINGER_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 503,
                 "too_many_connections",
                 f"the server holds its maximum of {cap} open connections (--max-connections); retry later",
+                linger=BUSY_LINGER_SECONDS,
                 max_connections=cap,
             )
             return
@@ -151,23 +154,27 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             max_header_bytes=cap,
         )
 
-    def _refuse(self, status: int, kind: str, message: str, **details: Any) -> None:
-        """Answer `status` unless a response is already under way, then half-close and drop all further input."""
+    def _refuse(self, status: int, kind: str, message: str, linger: float = LINGER_SECONDS, **details: Any) -> None:
+        """Answer `status` unless an answer to this request is already under way or sent (then the client could take
+        ours for the next request's), then half-close and drop all further input."""
         self._refused = True
         self._disarm()
         cycle = self.cycle
-        answering = cycle is not None and cycle.response_started and not cycle.response_complete
+        if self._reading_headers:  # a new request: only a response still being written is in the way
+            answered = cycle is not None and cycle.response_started and not cycle.response_complete
+        else:  # the body of `cycle`'s request: it may have been answered already (a 404 need not read the body)
+            answered = cycle is not None and cycle.response_started
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True  # the app's receive() now says http.disconnect and its send() is dropped
             cycle.message_event.set()
-        if answering or self.transport.is_closing():
+        if answered or self.transport.is_closing():
             self.transport.close()
             return
         self.transport.write(error_bytes(status, kind, message, **details))
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.flow.resume_reading()  # keep draining, so that closing later sends FIN, not a reset
-        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        self.loop.call_later(linger, self.transport.close)
 
 
 def limited_protocol(limits: HttpLimits) -> type[LimitedHttpToolsProtocol]:
