@@ -301,7 +301,7 @@ def load_checkpoint(
     if not path.is_dir():
         raise CheckpointError(f"{path}: no checkpoint directory here (pass the directory holding config.json)")
     for name in REQUIRED_FILES:
-        if not (path / name).is_file():
+        if not os.path.lexists(path / name):  # present but not a regular file: refused, by kind, when read
             if (path / run_dir.FINAL / name).is_file():  # a run directory: its checkpoint is one level down
                 raise CheckpointError(f"{path} is a training run, not a checkpoint; pass {path / run_dir.FINAL}")
             raise CheckpointError(f"{path}: missing {name}; this is not a complete embergpt checkpoint")

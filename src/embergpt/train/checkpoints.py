@@ -23,6 +23,7 @@ import torch
 from embergpt.atomic_write import check_output_path
 from embergpt.bounded_json import expect_object
 from embergpt.checkpoint import read_extra_json, read_extra_tensors, save_checkpoint
+from embergpt.checkpoint_integrity import check_metadata
 from embergpt.errors import CheckpointError
 from embergpt.run_dir import (
     FINAL,
@@ -228,8 +229,8 @@ def stored_train_config(path: str | Path) -> dict[str, Any]:
         if (path / FINAL / "metadata.json").is_file():
             raise CheckpointError(f"{path} is a training run, not a checkpoint; pass --resume {path / FINAL}")
         raise CheckpointError(f"{path}: no checkpoint here (expected a directory with metadata.json) to resume from")
-    meta = read_extra_json(path, "metadata")
-    config = meta.get("train_config") if isinstance(meta, dict) else None
+    meta = check_metadata(read_extra_json(path, "metadata"))
+    config = meta.get("train_config")
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: this checkpoint has no training config; only training checkpoints resume")
     return dict(config)
