@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from serve_fixtures import ServerProcess
 
+from embergpt.serve import api_docs
 from embergpt.serve.server import uvicorn_config
 from embergpt.serve.settings import resolve_settings
 
@@ -26,6 +27,7 @@ pytest_plugins = ["serve_fixtures"]
 HEADER_TIMEOUT = 2.0
 BODY_TIMEOUT = 2.0
 KEEP_ALIVE = 1.5
+SEND_TIMEOUT = 2.0
 MAX_HEADER_BYTES = 4096
 MAX_CONNECTIONS = 64
 BURST = 5
@@ -37,6 +39,7 @@ LIMIT_FLAGS = [
     "--body-timeout", str(BODY_TIMEOUT),
     "--keep-alive-timeout", str(KEEP_ALIVE),
     "--max-connections", str(MAX_CONNECTIONS),
+    "--send-timeout", str(SEND_TIMEOUT),
     "--rate-limit-rps", "0.1",
     "--rate-limit-burst", str(BURST),
 ]  # fmt: skip
@@ -269,6 +272,30 @@ def test_idle_keep_alive_connection_is_closed(limited):
     assert status_of(first) == 200
     assert rest == b""  # closed without another answer
     assert KEEP_ALIVE - 0.5 < ended - t0 < KEEP_ALIVE + 2 * SLACK
+
+
+def test_a_client_that_stops_reading_is_dropped(limited):
+    """Large answers to a client that never reads: 8 pipelined requests for Swagger's 1.5 MB script (more than the
+    kernel's socket buffers hold). The server's buffer fills, and after --send-timeout the connection is dropped
+    instead of held forever."""
+    bundle = api_docs.swagger_ui_dir()
+    if bundle is None:
+        pytest.skip("swagger-ui-bundle-v2 is not installed (the large file this test asks for)")
+    size, n = (bundle / "swagger-ui-bundle.js").stat().st_size, 8
+    request = f"GET {api_docs.ASSETS_URL}/swagger-ui-bundle.js HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+    with connect(limited) as sock:
+        sock.sendall(request * n)
+        time.sleep(SEND_TIMEOUT + SLACK)  # not reading
+        t0 = time.monotonic()
+        received, ended = read_until_closed(sock, t0 + 30)
+    assert status_of(received) == 200
+    assert len(received) < n * size, "every answer was delivered: the client never stalled the server"
+    assert ended - t0 < 25  # what was in flight drains, then the connection ends
+
+    # A client that reads gets all of it under the same limits.
+    with connect(limited) as sock:
+        sock.sendall(request)
+        assert len(read_one_response(sock).split(b"\r\n\r\n", 1)[1]) == size
 
 
 # ---- open connections

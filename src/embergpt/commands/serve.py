@@ -19,6 +19,7 @@ _LIMITS: dict[str, tuple[type, str]] = {
     "header_timeout": (float, "seconds to receive a request's headers, else 408 and close (default 10)"),
     "body_timeout": (float, "seconds to receive a request's body once its headers are in, else 408 (default 15)"),
     "keep_alive_timeout": (float, "seconds an idle kept-alive connection stays open (default 5)"),
+    "send_timeout": (float, "seconds the server waits for a client that stopped reading its answer (default 30)"),
     "max_connections": (int, "open connections; each one beyond gets 503 and is closed (default 512)"),
     "forwarded_allow_ips": (
         str,

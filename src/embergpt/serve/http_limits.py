@@ -1,8 +1,8 @@
 """HTTP limits enforced on the connection, before a request reaches the app.
 
 uvicorn has an idle keep-alive timeout (`timeout_keep_alive`), but with httptools it has no cap on header bytes, no
-deadline for receiving the headers or the body, and it accepts every connection. `limited_protocol(limits)` returns
-uvicorn's httptools protocol with those limits added:
+deadline for receiving the headers or the body, none for a client that stops reading its answer, and it accepts every
+connection. `limited_protocol(limits)` returns uvicorn's httptools protocol with those limits added:
 
     limit              answer (always followed by closing the connection)
     max_header_bytes   431 {"error": "headers_too_large"} once the request line + headers pass the cap
@@ -10,6 +10,8 @@ uvicorn's httptools protocol with those limits added:
                        connection opened or the request's first byte arrived
     body_timeout       408 {"error": "request_timeout"} when the body is not complete this long after the headers
     max_connections    503 {"error": "too_many_connections"} to every connection beyond the cap, at once
+    send_timeout       the connection is dropped when the answer has waited this long for the client to read it
+                       (the server's write buffer stayed full), so a client that never reads cannot hold it forever
 
 After an error answer the connection is half-closed and what the client still sends is discarded (never stored) for
 at most LINGER_SECONDS (BUSY_LINGER_SECONDS for a connection over the cap, which must give its slot back soon), so
@@ -37,6 +39,7 @@ class HttpLimits:
     header_timeout: float = 10.0
     body_timeout: float = 15.0
     max_connections: int = 512
+    send_timeout: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> HttpLimits:
@@ -46,6 +49,7 @@ class HttpLimits:
             header_timeout=settings.header_timeout,
             body_timeout=settings.body_timeout,
             max_connections=settings.max_connections,
+            send_timeout=settings.send_timeout,
         )
 
 
@@ -64,6 +68,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
+        self._send_deadline: asyncio.TimerHandle | None = None  # armed while the write buffer is full
         self._reading_headers = True  # until the current request's headers are complete
         self._header_bytes = 0  # bytes received for the current request's line and headers
         self._refused = False  # an error answer was sent: discard input until the connection closes
@@ -86,7 +91,28 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._send_deadline is not None:
+            self._send_deadline.cancel()
+            self._send_deadline = None
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_deadline is None:
+            self._send_deadline = self.loop.call_later(self.limits.send_timeout, self._send_expired)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._send_deadline is not None:
+            self._send_deadline.cancel()
+            self._send_deadline = None
+
+    def _send_expired(self) -> None:
+        self._send_deadline = None
+        if not self.transport.is_closing():
+            # No answer can reach a client that does not read: drop the connection and its buffered output. The
+            # app sees a disconnect (a generation for it is cancelled).
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:

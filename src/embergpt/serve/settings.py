@@ -13,6 +13,7 @@
     header_timeout          --header-timeout          EMBERGPT_HEADER_TIMEOUT            10 s to receive the headers
     body_timeout            --body-timeout            EMBERGPT_BODY_TIMEOUT              15 s to receive the body
     keep_alive_timeout      --keep-alive-timeout      EMBERGPT_KEEP_ALIVE_TIMEOUT        5 s idle between requests
+    send_timeout            --send-timeout            EMBERGPT_SEND_TIMEOUT              30 s stalled on a non-reader
     max_connections         --max-connections         EMBERGPT_MAX_CONNECTIONS           512 open connections
     forwarded_allow_ips     --forwarded-allow-ips     EMBERGPT_FORWARDED_ALLOW_IPS       "" (trust no proxy)
 
@@ -52,6 +53,7 @@ class ServeSettings:
     header_timeout: float = 10.0
     body_timeout: float = 15.0
     keep_alive_timeout: float = 5.0
+    send_timeout: float = 30.0
     max_connections: int = 512
     forwarded_allow_ips: str = ""
 
