@@ -298,6 +298,17 @@ def test_a_client_that_stops_reading_is_dropped(limited):
         assert len(read_one_response(sock).split(b"\r\n\r\n", 1)[1]) == size
 
 
+def test_a_websocket_upgrade_is_not_taken(limited):
+    """No route speaks WebSocket: an Upgrade request is answered as plain HTTP, never switched (101)."""
+    request = (
+        b"GET /api/health HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with connect(limited) as sock:
+        sock.sendall(request)
+        assert status_of(read_one_response(sock)) == 200
+
+
 # ---- open connections
 
 
@@ -374,7 +385,7 @@ def test_http_settings_resolve_and_reach_uvicorn(monkeypatch):
     assert (s.header_timeout, s.trusted_proxies) == (3.5, ["10.0.0.1", "192.168.0.0/16"])
     config = uvicorn_config(lambda *a: None, s)
     assert config.proxy_headers and config.forwarded_allow_ips == ["10.0.0.1", "192.168.0.0/16"]
-    assert config.http.limits.header_timeout == 3.5
+    assert config.http.limits.header_timeout == 3.5 and config.ws == "none"
     monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")  # uvicorn's own variable: not read
     default = uvicorn_config(lambda *a: None, resolve_settings({}, {}))
     assert not default.proxy_headers and default.forwarded_allow_ips == []

@@ -45,6 +45,7 @@ def uvicorn_config(app: Any, settings: ServeSettings, log_level: str = "warning"
         timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  # call_later takes a float
         proxy_headers=bool(trusted),
         forwarded_allow_ips=trusted,
+        ws="none",  # no WebSocket routes: an Upgrade request is served as plain HTTP, whatever is installed
         log_level=log_level,
         access_log=False,
         timeout_graceful_shutdown=5,
