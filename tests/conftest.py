@@ -6,6 +6,9 @@ import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Servers started by tests decode eagerly (a fast start) unless a test asks for another configuration; the
+# default configuration's own start-up is tested in tests/test_serve_fast_path.py.
+os.environ.setdefault("EMBERGPT_COMPILE", "off")
 
 
 @pytest.fixture(autouse=True)

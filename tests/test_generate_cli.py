@@ -12,7 +12,8 @@ import torch
 
 from embergpt.checkpoint import load_checkpoint, save_checkpoint
 from embergpt.config import GPTConfig
-from embergpt.inference.engine import Engine, generate_from_checkpoint
+from embergpt.inference.engine import Engine
+from embergpt.inference.loading import continue_prompt, load_for_inference
 from embergpt.model import GPT
 from embergpt.sampling import SamplingParams
 from embergpt.tokenizer import CharTokenizer
@@ -104,7 +105,8 @@ def test_user_errors_are_one_line_and_exit_2(checkpoint: Path, tmp_path: Path, a
 def test_library_streams_piece_by_piece(checkpoint: Path) -> None:
     pieces: list[str] = []
     params = SamplingParams(temperature=1.0)
-    [text] = generate_from_checkpoint(checkpoint, "is", 25, params, seed=1, device="cpu", on_text=pieces.append)
+    engine = load_for_inference(checkpoint, device="cpu").engine()
+    [text] = continue_prompt(engine, "is", 25, params, seed=1, on_text=pieces.append)
     assert len(pieces) > 1 and "".join(pieces) == text
     assert text == expected_text(checkpoint, "is", 25, params, seed=1)[0]
 

@@ -208,3 +208,44 @@ def sample_next_token(
         prev = None if prev_tokens is None else prev_tokens[b : b + 1]
         rows.append(_sample_rows(logits[b : b + 1], params_list[b], gens[b], prev))
     return torch.cat(rows)
+
+
+def sample_rows(
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator | None],
+    histories: Sequence[Sequence[int] | None] | None = None,
+) -> list[int]:
+    """The decode core's sampler: logits [n, V], one SamplingParams, generator and history per row -> n ids.
+
+    Each row draws its one uniform number from its own generator, so a seeded row samples the same token alone or
+    inside any batch. Rows sharing their params (and without a repetition penalty) are filtered and softmaxed
+    together; a row with a penalty is sampled alone against its history (prompt + generated ids). A row whose
+    probabilities are not finite gets -1. One host transfer for the whole batch.
+    """
+    n = logits.size(0)
+    histories = histories if histories is not None else [None] * n
+    plain_greedy = [p.greedy and p.repetition_penalty == 1.0 for p in params]
+    if all(plain_greedy):
+        return logits.argmax(dim=-1).tolist()
+    out: list[torch.Tensor | None] = [None] * n
+    groups: dict[SamplingParams, list[int]] = {}
+    for i, p in enumerate(params):
+        if plain_greedy[i]:
+            out[i] = logits[i : i + 1].argmax(dim=-1)
+        elif p.repetition_penalty == 1.0:
+            groups.setdefault(p, []).append(i)
+    for p, rows in groups.items():
+        probs = filter_logits(logits[rows].float(), p).softmax(dim=-1)
+        drawn = draw(probs, [generators[i] for i in rows])
+        for k, i in enumerate(rows):
+            out[i] = drawn[k : k + 1]
+    for i, p in enumerate(params):
+        if out[i] is None:  # repetition penalty: the row's own history matters
+            history = torch.tensor([list(histories[i] or [])], dtype=torch.long, device=logits.device)
+            row = apply_repetition_penalty(logits[i : i + 1], history, p.repetition_penalty)
+            if p.greedy:
+                out[i] = row.argmax(dim=-1)
+            else:
+                out[i] = draw(filter_logits(row.float(), p).softmax(dim=-1), [generators[i]])
+    return torch.cat(out).tolist()  # type: ignore[arg-type]

@@ -219,9 +219,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         b1_cpu = n / _median([cpu for _, cpu in c.runs["b1"]])
         big = args.batch * n / _median([w for w, _ in c.runs["big"]])
         model = c.engine.model
-        cache_len = c.engine._cache_len(args.prompt_len, n)
+        cache_len = c.engine.cache_len(args.prompt_len, n)
         steps = range(args.prompt_len, args.prompt_len + n - 1)
-        attended = statistics.mean(c.engine.attended_positions(p, cache_len) for p in steps) if n > 1 else 0
+        attended = statistics.mean(c.engine.window(p + 1, cache_len) for p in steps) if n > 1 else 0
         bytes_per_token = _weight_bytes(model) + _kv_bytes_per_token(config, c.dtype, attended)
         latency = {str(p): _median([w for w, _ in c.runs[f"lat{p}"]]) * 1e3 for p in positions}
         entry: dict[str, Any] = {

@@ -27,13 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print the prompt before the generated text (default)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: $EMBERGPT_DEVICE or best)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on CUDA, else fp32)")
-    parser.add_argument("--compile", nargs="?", const="default", default=False, choices=["default", "max-autotune"],
+    parser.add_argument("--compile", nargs="?", const="default", default="off",
+                        choices=["off", "default", "max-autotune"],
                         help="compile the decode step: slow start, faster steps (max-autotune: slowest start, "
                              "fastest steps; the best choice with --dtype bfloat16 on CPU)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from embergpt.inference.engine import generate_from_checkpoint
+    from embergpt.inference.loading import continue_prompt, load_for_inference
     from embergpt.sampling import SamplingParams
 
     if args.prompt == "-" and sys.stdin is None:
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         min_p=args.min_p,
         repetition_penalty=args.repetition_penalty,
     )
+    engine = load_for_inference(args.checkpoint, args.device, args.dtype).engine(args.compile)
     streaming = args.stream and args.n_samples == 1
     out = sys.stdout
 
@@ -67,19 +69,14 @@ def run(args: argparse.Namespace) -> int:
             started = True
             write(piece)
 
-        generate_from_checkpoint(
-            args.checkpoint, prompt, args.max_tokens, sampling, args.seed, 1, args.device, args.dtype,
-            args.compile, on_text=on_text, context_shift=args.context_shift,
-        )
+        continue_prompt(engine, prompt, args.max_tokens, sampling, args.seed, 1, on_text, args.context_shift)
         if not started and args.echo:
             write(prompt)
         write("\n")
         return 0
 
-    texts = generate_from_checkpoint(
-        args.checkpoint, prompt, args.max_tokens, sampling, args.seed, args.n_samples, args.device, args.dtype,
-        args.compile, context_shift=args.context_shift,
-    )
+    texts = continue_prompt(engine, prompt, args.max_tokens, sampling, args.seed, args.n_samples,
+                            context_shift=args.context_shift)
     for i, text in enumerate(texts):
         if args.n_samples > 1:
             write(f"--- sample {i + 1}/{args.n_samples} ---\n")

@@ -36,7 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8787, help="port (default 8787; 0 = any free port)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: $EMBERGPT_DEVICE or best)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: by device)")
+    parser.add_argument("--compile", default=None, choices=["auto", "off", "default", "max-autotune"],
+                        help="compile the decode step before serving (default auto: what `embergpt bench serve` "
+                        "measured fastest on this kind of device, see README) [EMBERGPT_COMPILE]")
+    parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+                        help="the model's compute dtype (default auto: by device, as --compile) [EMBERGPT_DTYPE]")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads for the model (default: torch's choice)"
     )
@@ -71,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be between 0 and 65535 (0 = any free port), got {args.port}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    settings = resolve_settings({name: getattr(args, name) for name in _LIMITS})
+    settings = resolve_settings({**{name: getattr(args, name) for name in _LIMITS},
+                                 "compile": args.compile, "dtype": args.dtype})
     warning = network_warning(args.host)
     if warning:
         print(warning, file=sys.stderr, flush=True)
@@ -86,7 +91,6 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         settings=settings,
         device=args.device,
-        dtype=args.dtype,
         log_level=args.log_level,
     )
     return 0

@@ -35,6 +35,9 @@ class KVCache:
         self.pos = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.max_len = max_len
         self.max_pos = 0
+        # index tensors of SlotView.update, made once
+        self.layer_ids = list(torch.arange(n_layer, device=device))
+        self.heads = torch.arange(n_kv_head, device=device)
 
     @classmethod
     def for_model(
@@ -104,3 +107,49 @@ class KVCache:
         self.v[:, dst_row, :, :n] = src.v[:, src_row, :, :n]
         self.pos[dst_row] = n
         self.max_pos = max(self.max_pos, n)
+
+
+class SlotView:
+    """Rows [start, start + n) of a KVCache and its first `window` positions: what one forward reads and writes.
+
+    The one cache view of the decode core. It holds only tensors and two ints, so a compiled step can take it as
+    an input: writes go into the base cache's buffers with one index_put_ / scatter_ per layer (a compiler can do
+    them in place; writing through a sliced view made inductor copy the whole buffer at every step), and the
+    layer's keys and values are returned as a view of the first `window` positions, so attention time grows with
+    the longest row, not with the cache size. Host-side bookkeeping (capacity checks) is the caller's: the view's
+    check_capacity is a no-op, and positions advance on the device only.
+    """
+
+    def __init__(self, cache: KVCache, start: int, n: int, window: int) -> None:
+        if not (start >= 0 and n >= 1 and start + n <= cache.batch_size and 1 <= window <= cache.max_len):
+            raise ValueError(f"rows {start}..{start + n} / window {window} do not fit a cache of "
+                             f"{cache.batch_size} rows x {cache.max_len} positions")
+        self.k, self.v = cache.k, cache.v
+        self.pos = cache.pos[start : start + n]
+        self.start, self.window = start, window
+        device = cache.pos.device
+        self.rows = torch.arange(start, start + n, device=device)
+        self.layer_ids = cache.layer_ids
+        self.heads = cache.heads
+
+    def check_capacity(self, n_new: int) -> None:
+        pass  # checked by the caller on host-side positions (no device sync)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v [n, Hkv, T, D] at each row's position; return the layer's [n, Hkv, window, D] keys/values."""
+        T = k.size(2)
+        if T == 1:  # decode: [n, H] indices into the whole 5-D buffer
+            index = (self.layer_ids[layer], self.rows[:, None], self.heads[None, :], self.pos[:, None])
+            self.k.index_put_(index, k[:, :, 0].to(self.k.dtype))
+            self.v.index_put_(index, v[:, :, 0].to(self.v.dtype))
+        else:  # prefill: T consecutive positions per row
+            n, H, _, D = k.shape
+            rows = slice(self.start, self.start + n)
+            index = (self.pos[:, None] + torch.arange(T, device=k.device))[:, None, :, None].expand(n, H, T, D)
+            self.k[layer, rows].scatter_(2, index, k.to(self.k.dtype))
+            self.v[layer, rows].scatter_(2, index, v.to(self.v.dtype))
+        rows = slice(self.start, self.start + self.rows.size(0))
+        return self.k[layer, rows, :, : self.window], self.v[layer, rows, :, : self.window]
+
+    def advance(self, n: int) -> None:
+        self.pos += n

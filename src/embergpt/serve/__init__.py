@@ -17,8 +17,7 @@ _EXPORTS = {
     "serve": "embergpt.serve.server",
     "ServeSettings": "embergpt.serve.settings",
     "resolve_settings": "embergpt.serve.settings",
-    "Scheduler": "embergpt.serve.scheduler",
-    "latest_checkpoint": "embergpt.serve.loading",
+    "Scheduler": "embergpt.inference.scheduler",
 }
 
 __all__ = list(_EXPORTS)

@@ -49,11 +49,42 @@ class GenerateRequest(_Request):
     seed: Seed | None = Field(None, description="same seed and request -> same output")
     return_attention: bool = Field(False, description="include attention weights (prompt + output)")
     stream: bool = Field(False, description="answer as server-sent events (as POST /api/generate/stream)")
+    stop: Text | list[Text] | None = Field(None, description="up to 4 strings; the output ends before one")
+    top_logprobs: int = Field(0, ge=0, le=20, description="alternatives (with log-probabilities) per token")
+
+
+class ApiChatMessage(_Request):
+    role: Literal["system", "user", "assistant"]
+    content: Text
+
+
+class ApiChatRequest(_Request):
+    messages: list[ApiChatMessage] = Field(min_length=1, max_length=256, description="the conversation so far")
+    max_tokens: int = Field(128, description="tokens to generate (1..the server's --max-output-tokens)")
+    temperature: Temperature = Field(0.8, description="0 = greedy")
+    top_k: TopK | None = None
+    top_p: TopP | None = None
+    min_p: MinP | None = None
+    repetition_penalty: RepetitionPenalty = 1.0
+    seed: Seed | None = None
+    return_attention: bool = False
+    stream: bool = False
+    stop: Text | list[Text] | None = None
+    top_logprobs: int = Field(0, ge=0, le=20)
+
+
+class AlternativeOut(BaseModel):
+    id: int
+    text: str
+    logprob: float
 
 
 class TokenOut(BaseModel):
     id: int
     text: str
+    logprob: float | None = None
+    top_logprobs: list[AlternativeOut] | None = None
+    forced: bool = False
 
 
 class AttentionOut(BaseModel):

@@ -59,7 +59,6 @@ def serve(
     port: int = DEFAULT_PORT,
     settings: ServeSettings | None = None,
     device: str | None = None,
-    dtype: str | None = None,
     log_level: str = "warning",
 ) -> None:
     """Load a checkpoint and serve it until interrupted. Prints `embergpt serve: listening on http://HOST:PORT`."""
@@ -68,7 +67,7 @@ def serve(
     settings = settings or ServeSettings()
     sock = bind_socket(host, port)
     try:
-        app = create_app_from_checkpoint(checkpoint, load_latest, settings, device, dtype)
+        app = create_app_from_checkpoint(checkpoint, load_latest, settings, device)
         bound = sock.getsockname()
         shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
         print(f"embergpt serve: listening on http://{shown}:{bound[1]}", flush=True)

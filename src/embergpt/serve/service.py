@@ -16,16 +16,33 @@ from starlette.requests import Request
 
 from embergpt import run_dir
 from embergpt.errors import TokenizerError
+from embergpt.inference.batch import Request as GenerationRequest
+from embergpt.inference.engine import Engine
+from embergpt.inference.scheduler import Scheduler
 from embergpt.sampling import SamplingParams
 from embergpt.serve.api_errors import ApiError
-from embergpt.serve.generation import Generation, GenerationSpec, LoopMailbox
+from embergpt.serve.handoff import Generation, LoopMailbox
 from embergpt.serve.rate_limit import TokenBucketLimiter, client_key
-from embergpt.serve.scheduler import Scheduler
 from embergpt.serve.settings import ServeSettings
 from embergpt.serve.training_metrics import read_metrics
 
 MIN_TEMPERATURE = 1e-3
 SHAPE_FIELDS = ("vocab_size", "sequence_len", "n_layer", "n_head", "n_kv_head", "n_embd")
+
+
+def resolve_engine_config(settings: ServeSettings, model: torch.nn.Module) -> tuple[str, str]:
+    """(compile mode, dtype name) for the served engine: the settings, "auto" from embergpt.inference.defaults."""
+    from embergpt.inference.defaults import serve_defaults
+
+    device = next(model.parameters()).device
+    compile_mode, dtype = serve_defaults(device)
+    if not getattr(model, "supports_kv_cache", True):
+        compile_mode = "off"  # the teaching ladder runs full forwards: nothing to compile
+    if settings.compile != "auto":
+        compile_mode = settings.compile
+    if settings.dtype != "auto":
+        dtype = settings.dtype
+    return compile_mode, dtype
 
 
 class ModelService:
@@ -40,6 +57,7 @@ class ModelService:
         metadata: dict[str, Any] | None = None,
         add_bos: bool = True,
     ) -> None:
+        self.started = time.monotonic()
         self.model, self.tokenizer = model.eval(), tokenizer
         self.config = model.config
         self.settings = settings or ServeSettings()
@@ -51,13 +69,14 @@ class ModelService:
                 f"the tokenizer has {tokenizer.vocab_size} ids but the model only {self.config.vocab_size}; "
                 "serve the tokenizer the model was trained with"
             )
-        self.scheduler = Scheduler(
-            model, self.settings.max_batch, self.settings.max_queue, vocab_limit=tokenizer.vocab_size
-        )
+        self.compile_mode, self.dtype = resolve_engine_config(self.settings, model)
+        self.engine = Engine(model, tokenizer, dtype=getattr(torch, self.dtype), compile=self.compile_mode)
+        # the worker compiles and warms up every decode graph before it takes a request (see `ready`)
+        self.scheduler = Scheduler(self.engine, self.settings.max_batch, self.settings.max_queue,
+                                   vocab_limit=tokenizer.vocab_size, warm_up=True)
         s = self.settings
         self.limiter = TokenBucketLimiter(s.rate_limit_rps, s.rate_limit_burst) if s.rate_limited else None
         self._mailboxes: dict[asyncio.AbstractEventLoop, LoopMailbox] = {}
-        self.started = time.monotonic()
         self.created = int(time.time())
         self.weights_sha256 = self._weights_sha256()
 
@@ -115,6 +134,7 @@ class ModelService:
             "checkpoint": self._checkpoint_summary(),
             "device": str(param.device),
             "dtype": str(param.dtype).removeprefix("torch."),
+            "compile": self.compile_mode,
             "limits": self.settings.to_dict(),
         }
 
@@ -128,8 +148,15 @@ class ModelService:
         }
 
     def health(self) -> dict[str, Any]:
+        ready_at = self.scheduler.ready_at
         return {
-            "status": "ok",
+            "status": "ok" if self.ready else "warming_up",
+            "ready": self.ready,
+            "compile": self.compile_mode,
+            "dtype": self.dtype,
+            # from loading the model to the first request it can take (compiling included)
+            "time_to_ready_seconds": None if ready_at is None else round(ready_at - self.started, 3),
+            "warmup_seconds": self.scheduler.warmup_seconds,
             "uptime_seconds": round(time.monotonic() - self.started, 3),
             "model": self.model_shape(),
             "checkpoint": {"basename": self._checkpoint_summary()["basename"], "sha256": self.weights_sha256},
@@ -238,7 +265,31 @@ class ModelService:
                 retry_after_seconds=round(wait, 3),
             )
 
-    def generation(self, spec: GenerationSpec) -> Generation:
+    @property
+    def has_tools(self) -> bool:
+        """Whether the tokenizer has the calculator tool's tokens (then chat replies run the tool)."""
+        return self.scheduler.batch.tool_ids is not None
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode_bytes([token_id]).decode("utf-8", errors="replace")
+
+    def render_chat(self, messages: list[tuple[str, str]]) -> Any:
+        """(role, content) pairs -> the chat template's RenderedChat (prompt ids, stop ids and strings); 400s."""
+        from embergpt.chat.template import render_chat
+
+        self.check_text_size("".join(content for _, content in messages))
+        try:
+            return render_chat(messages, self.tokenizer, add_bos=self.add_bos)
+        except TokenizerError as e:
+            raise ApiError(400, "unencodable_prompt", f"a message cannot be encoded by this tokenizer: {e}") from None
+        except ValueError as e:
+            raise ApiError(400, "invalid_messages", str(e)) from None
+
+    @property
+    def ready(self) -> bool:
+        return self.scheduler.ready.is_set()
+
+    def generation(self, spec: GenerationRequest) -> Generation:
         """A started Generation of `spec` (to be called on the event loop serving the request)."""
         loop = asyncio.get_running_loop()
         mailbox = self._mailboxes.get(loop)

@@ -16,6 +16,10 @@
     send_timeout            --send-timeout            EMBERGPT_SEND_TIMEOUT              30 s stalled on a non-reader
     max_connections         --max-connections         EMBERGPT_MAX_CONNECTIONS           512 open connections
     forwarded_allow_ips     --forwarded-allow-ips     EMBERGPT_FORWARDED_ALLOW_IPS       "" (trust no proxy)
+  The decode core:
+    compile                 --compile                 EMBERGPT_COMPILE                   auto (off|default|max-autotune)
+    dtype                   --dtype                   EMBERGPT_DTYPE                     auto (float32|bfloat16|float16)
+  "auto" is the configuration `embergpt bench serve` measured fastest for the device (embergpt.inference.defaults).
 
 The request body is capped at max_prompt_bytes + 4 KiB (BODY_OVERHEAD_BYTES). X-Forwarded-For is believed only from
 a peer in forwarded_allow_ips (comma-separated addresses or networks, or "*"); otherwise the rate limit keys on the
@@ -35,7 +39,9 @@ from typing import Any
 BODY_OVERHEAD_BYTES = 4096
 ENV_PREFIX = "EMBERGPT_"
 MAX_SECONDS = 86400.0  # a timeout of more than a day is a typo
-NOT_LIMITS = ("forwarded_allow_ips",)  # settings that are not published as limits in /api/info
+NOT_LIMITS = ("forwarded_allow_ips", "compile", "dtype")
+COMPILE_CHOICES = ("auto", "off", "default", "max-autotune")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # settings that are not published as limits in /api/info
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,8 @@ class ServeSettings:
     send_timeout: float = 30.0
     max_connections: int = 512
     forwarded_allow_ips: str = ""
+    compile: str = "auto"
+    dtype: str = "auto"
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -67,6 +75,10 @@ class ServeSettings:
         if self.max_header_bytes < 1024:
             raise ValueError(f"max_header_bytes must be at least 1024, got {self.max_header_bytes}")
         trusted_proxies(self.forwarded_allow_ips)  # raises on a malformed entry
+        if self.compile not in COMPILE_CHOICES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_CHOICES)}, got {self.compile!r}")
+        if self.dtype not in DTYPE_CHOICES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}")
 
     @property
     def max_body_bytes(self) -> int:

@@ -12,8 +12,8 @@ from typing import Any
 from embergpt.inference.streaming import TextStreamer
 
 
-class OutputText:
-    """out = OutputText(tokenizer, stop=["\\nUser:"]); out.push(id) -> text safe to emit; out.finish() -> the rest.
+class StopText:
+    """out = StopText(tokenizer, stop=["\\nUser:"]); out.push(id) -> text safe to emit; out.finish() -> the rest.
 
     `stopped` turns True when a stop string appeared; the caller should then end the generation.
     `text` is everything emitted so far.

@@ -1,0 +1,117 @@
+"""Compiling the decode step: torch.compile modes, inductor settings and the persistent compile cache.
+
+Kept apart from the decode loop so that a reader of `engine.py` is not in the middle of inductor config patches.
+
+Modes (`Engine(compile=...)`, `embergpt generate|serve --compile`):
+- "off": eager PyTorch.
+- "default": inductor's default. On CPU the step is compiled with dynamic shapes, so ONE graph serves every batch
+  size and attention window (continuous batching changes both at every step); on CUDA mode="reduce-overhead",
+  i.e. CUDA graphs, one per (batch bucket, window).
+- "max-autotune": GEMM kernels picked by timing at compile time. On CPU the weights are frozen (prepacked) into
+  the graph and inductor's C++ GEMM templates are tried against aten: what makes bf16 decode fast on CPUs without
+  AMX. It needs static shapes, so there is one graph per (batch bucket, window), and each takes long to compile.
+
+Compiled artifacts (inductor's FX graph and autotune caches) are kept in `$EMBERGPT_CACHE/inductor` (default
+`~/.cache/embergpt/inductor`) unless TORCHINDUCTOR_CACHE_DIR is set, so a second start reuses them.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+COMPILE_MODES = ("off", "default", "max-autotune")
+# inductor settings of "max-autotune" on CPU: weights frozen into the graph (prepacked), each matmul's kernel
+# picked by timing inductor's C++ GEMM templates against aten, quietly (no per-matmul report on stderr)
+CPU_MAX_AUTOTUNE = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
+                    "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
+
+
+def normalize_mode(compile: bool | str | None) -> str:
+    """False/None/"off" -> "off"; True/"default" -> "default"; "max-autotune" stays. Anything else: ValueError."""
+    if compile is None or compile is False:
+        return "off"
+    if compile is True:
+        return "default"
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)} (or True/False); got {compile!r}")
+    return compile
+
+
+def compile_cache_dir() -> Path:
+    """Where inductor keeps compiled graphs: $TORCHINDUCTOR_CACHE_DIR, else $EMBERGPT_CACHE/inductor."""
+    explicit = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    root = os.environ.get("EMBERGPT_CACHE") or str(Path.home() / ".cache" / "embergpt")
+    return Path(root) / "inductor"
+
+
+def use_persistent_cache() -> Path:
+    """Point inductor's on-disk caches at compile_cache_dir() (and turn on the FX graph cache); returns the dir."""
+    path = compile_cache_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(path))
+    import torch._inductor.config as inductor_config
+
+    if hasattr(inductor_config, "fx_graph_cache"):
+        inductor_config.fx_graph_cache = True
+    if hasattr(inductor_config, "autotune_local_cache"):
+        inductor_config.autotune_local_cache = True
+    return path
+
+
+def _own_code(fn: Callable) -> Callable:
+    """`fn` with a private copy of its code object.
+
+    torch.compile caches graphs per code object, and their guards check types, not identities: two Engines in one
+    process (say "default" and "max-autotune") would otherwise share one cache and the second could run the
+    first's graph.
+    """
+    target = fn.__func__ if isinstance(fn, types.MethodType) else fn
+    owner = fn.__self__ if isinstance(fn, types.MethodType) else None
+    code = target.__code__.replace(co_name=f"{target.__name__}_{id(owner or fn):x}")
+    copy = types.FunctionType(code, target.__globals__, code.co_name, target.__defaults__, target.__closure__)
+    return types.MethodType(copy, owner) if owner is not None else copy
+
+
+def compile_step(step: Callable, mode: str, device: torch.device,
+                 shape_key: Callable[..., tuple] | None = None) -> Callable:
+    """Compile a decode step function (tokens, view) -> logits for `mode` ("default" or "max-autotune").
+
+    shape_key(*args) names the static shape of a call; with max-autotune on CPU the inductor settings are patched
+    in only for calls that meet a new shape (the ones that compile; patching costs ~40 us per call).
+    """
+    use_persistent_cache()
+    cuda = device.type == "cuda"
+    if cuda:
+        # one CUDA graph per shape; reduce-overhead = CUDA graphs, max-autotune adds kernel autotuning
+        compiled = torch.compile(_own_code(step), mode="max-autotune" if mode == "max-autotune" else "reduce-overhead",
+                                 dynamic=False, fullgraph=True)
+        return compiled
+    if mode == "default":
+        # dynamic shapes: one graph for every batch size and window (the GEMMs are aten/oneDNN calls either way)
+        return torch.compile(_own_code(step), dynamic=True, fullgraph=True)
+    compiled = torch.compile(_own_code(step), dynamic=False, fullgraph=True)
+    import torch._inductor.config as inductor_config
+
+    settings = {k: v for k, v in CPU_MAX_AUTOTUNE.items() if hasattr(inductor_config, k)}
+    seen: set[tuple] = set()
+
+    def patched(*args: Any) -> Any:
+        key = shape_key(*args) if shape_key is not None else ()
+        if key in seen:
+            return compiled(*args)
+        # the settings must hold while dynamo traces and inductor compiles, i.e. inside the call that meets a new
+        # shape: passed as torch.compile(options=...), `freezing` is silently not applied
+        with inductor_config.patch(settings):
+            out = compiled(*args)
+        seen.add(key)
+        return out
+
+    return patched
