@@ -1,0 +1,105 @@
+"""Hostile remote and local data sources, through load_text (a one-line DataError) and `train --data` (one line,
+exit code 2, no traceback), in bounded time: servers that drip bytes, replies nested without end, env vars out of
+range, special files. The remote is a real HTTP server on 127.0.0.1 (tests/fake_remote.py)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from fake_remote import Failure, FakeRemote
+from hostile import assert_one_line, assert_one_line_error, run_cli
+
+from embergpt.data.sources import RetryPolicy, load_text
+from embergpt.errors import DataError
+
+FAST = {"EMBERGPT_RETRY_BASE_SECONDS": "0", "EMBERGPT_RETRY_MAX_SECONDS": "0", "EMBERGPT_HTTP_TIMEOUT": "5"}
+
+
+@pytest.fixture
+def remote(monkeypatch):
+    for key, value in FAST.items():
+        monkeypatch.setenv(key, value)
+    with FakeRemote() as server:
+        yield server
+
+
+def refused(source: str, *words: str, within: float) -> None:
+    start = time.monotonic()
+    with pytest.raises(DataError) as info:
+        load_text(source)
+    took = time.monotonic() - start
+    assert took < within, f"{source}: refused after {took:.1f} s, over {within} s"
+    assert_one_line(str(info.value), *words)
+
+
+@pytest.mark.parametrize("kind", ["drip_body", "drip_headers"])
+def test_a_dripping_server_fails_at_the_deadline(remote, monkeypatch, kind):
+    # One byte every 0.2 s: every read returns well within the 5 s per-read timeout, so only a total deadline ends it.
+    monkeypatch.setenv("EMBERGPT_DOWNLOAD_DEADLINE", "2")
+    url = remote.add_file(f"/{kind}.txt", b"some text " * 200)
+    remote.fail_next(10, Failure(kind, delay=0.2, path_prefix=f"/{kind}"))
+    start = time.monotonic()
+    refused(url, "download deadline of 2 s", "EMBERGPT_DOWNLOAD_DEADLINE", within=4)
+    assert time.monotonic() - start >= 1.9  # it was the deadline, not an early failure
+
+
+def test_the_deadline_covers_every_page_of_a_dataset(remote, monkeypatch):
+    monkeypatch.setenv("EMBERGPT_DOWNLOAD_DEADLINE", "2")
+    monkeypatch.setenv("EMBERGPT_HF_ENDPOINT", remote.url)
+    remote.add_dataset("me/slow", [{"text": f"row {i}"} for i in range(300)])
+    remote.fail_next(10, Failure("drip_body", delay=0.2, path_prefix="/rows"))
+    refused("hf://me/slow?rows=300", "download deadline", within=4)
+
+
+def test_a_nested_or_oversized_reply_is_refused(remote, monkeypatch):
+    monkeypatch.setenv("EMBERGPT_HF_ENDPOINT", remote.url)
+    monkeypatch.setenv("EMBERGPT_RETRY_ATTEMPTS", "1")
+    remote.add_dataset("me/data", [{"text": "a"}])
+    remote.fail_next(1, Failure("status", status=200, body=b"[" * 100_000 + b"]" * 100_000, path_prefix="/rows"))
+    refused("hf://me/data", "malformed JSON", "nested", within=5)
+    # an error body nested without end: the status is reported, the body ignored
+    remote.fail_next(1, Failure("status", status=403, body=b"{\"error\": " * 50_000, path_prefix="/rows"))
+    refused("hf://me/data", "HTTP 403", within=5)
+
+
+@pytest.mark.parametrize("name", ["EMBERGPT_RETRY_ATTEMPTS", "EMBERGPT_RETRY_BASE_SECONDS",
+                                  "EMBERGPT_RETRY_MAX_SECONDS", "EMBERGPT_HTTP_TIMEOUT", "EMBERGPT_DOWNLOAD_DEADLINE"])
+@pytest.mark.parametrize("raw", ["inf", "nan", "-1", "1e999", "abc", "1e12"])
+def test_env_numbers_must_be_finite_and_in_range(monkeypatch, name, raw):
+    monkeypatch.setenv(name, raw)
+    with pytest.raises(DataError) as info:
+        RetryPolicy.from_env()
+    assert_one_line(str(info.value), name, "set it to one, or unset it")
+
+
+def test_env_numbers_in_range_are_read(monkeypatch):
+    monkeypatch.setenv("EMBERGPT_RETRY_ATTEMPTS", "3")
+    monkeypatch.setenv("EMBERGPT_DOWNLOAD_DEADLINE", "12.5")
+    policy = RetryPolicy.from_env()
+    assert (policy.attempts, policy.deadline_seconds) == (3, 12.5)
+    monkeypatch.setenv("EMBERGPT_RETRY_ATTEMPTS", "2.5")  # attempts are whole
+    with pytest.raises(DataError, match="whole number"):
+        RetryPolicy.from_env()
+
+
+def test_special_local_files_are_refused_at_once(tmp_path):
+    fifo = tmp_path / "corpus.txt"
+    os.mkfifo(fifo)
+    refused(str(fifo), "not a regular file", within=2)
+    refused("/dev/zero", "not a regular file", within=2)
+    refused(str(tmp_path), "directory", within=2)
+
+
+@pytest.mark.slow
+def test_hostile_data_through_train_cli(tmp_path):
+    with FakeRemote() as remote:
+        url = remote.add_file("/book.txt", b"some text " * 500)
+        remote.fail_next(10, Failure("drip_body", delay=0.2, path_prefix="/book"))
+        env = {**FAST, "EMBERGPT_DOWNLOAD_DEADLINE": "3", "EMBERGPT_CACHE": str(tmp_path / "cache")}
+        result = run_cli("train", "--data", url, "--steps", "1", "--out", str(tmp_path / "run"), env=env, timeout=90)
+        assert_one_line_error(result, "download deadline of 3 s")
+    result = run_cli("train", "--data", url, "--steps", "1", "--out", str(tmp_path / "run"),
+                     env={"EMBERGPT_RETRY_ATTEMPTS": "inf"}, timeout=90)
+    assert_one_line_error(result, "EMBERGPT_RETRY_ATTEMPTS")
