@@ -23,6 +23,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     try:
         if cfg.model == "compare":
             return compare_ladder(cfg, ctx)
+        if cfg.stage == "sft":
+            from embergpt.train.sft import setup_sft  # chat's modules load only for SFT
+
+            return run_loop(setup_sft(cfg, ctx))
         return run_loop(setup_pretraining(cfg, ctx))
     finally:
         torch.set_num_threads(threads)  # --threads is this run's setting, not the process's
