@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from embergpt.sampling import SamplingParams, sample_next_token
+from embergpt.sampling import SamplingParams
 from embergpt.train.distributed import DistContext
 
 EVAL_SEED = 4242  # the validation batches' seed: the same batches for every evaluation of every run
@@ -80,33 +80,28 @@ def sample_prompt(tokenizer: Any, documents: bool) -> list[int]:
 
 
 @torch.no_grad()
-def generate_samples(
+def sample_texts(
     model: nn.Module,
     tokenizer: Any,
     prompt: list[int],
     num_samples: int,
     max_new_tokens: int,
-    seq_len: int,
-    device: torch.device,
     seed: int,
     stop_at_bos: bool = False,
     temperature: float = 0.8,
     top_k: int | None = 50,
 ) -> list[str]:
-    """`num_samples` continuations of `prompt`, re-reading the last `seq_len` tokens each step (no KV cache:
-    every model of the ladder works). Seeded, and independent of the global RNG."""
+    """`num_samples` continuations of `prompt`, from the one decode core (Engine.generate: a KV cache, one
+    shared prefill, the context shifted when the output outgrows the model's). Seeded, and independent of the
+    global RNG; the model's train/eval mode is restored."""
+    from embergpt.inference.engine import Engine
+
     was_training = model.training
-    model.eval()
-    generator = torch.Generator(device=device).manual_seed(seed)
-    params = SamplingParams(temperature=temperature, top_k=top_k)
-    idx = torch.tensor([prompt] * num_samples, dtype=torch.long, device=device)  # (N, P)
-    for _ in range(max_new_tokens):
-        logits = model(idx[:, -seq_len:])[:, -1, :]  # (N, V)
-        idx = torch.cat([idx, sample_next_token(logits, params, generator)[:, None]], dim=1)
-    model.train(was_training)
-    texts = []
-    for row in idx[:, len(prompt) :].tolist():
-        if stop_at_bos and tokenizer.bos_id in row:
-            row = row[: row.index(tokenizer.bos_id)]
-        texts.append(tokenizer.decode([t for t in row if t != tokenizer.bos_id]))
-    return texts
+    try:
+        engine = Engine(model, tokenizer)
+        stops = [tokenizer.bos_id] if stop_at_bos else []
+        rows = engine.generate(prompt, max_new_tokens, SamplingParams(temperature=temperature, top_k=top_k), seed,
+                               stops, num_samples, context_shift=True)
+    finally:
+        model.train(was_training)
+    return [tokenizer.decode([t for t in row if t != tokenizer.bos_id]) for row in rows]

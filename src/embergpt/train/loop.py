@@ -32,7 +32,7 @@ from embergpt.train.checkpoints import (
     prune_periodic,
     save_training_checkpoint,
 )
-from embergpt.train.evaluate import evaluate, generate_samples, token_byte_lengths
+from embergpt.train.evaluate import evaluate, sample_texts, token_byte_lengths
 from embergpt.train.flops import model_flops_per_token, peak_flops
 from embergpt.train.interrupt import GracefulInterrupt
 from embergpt.train.metrics import MetricsLog, plot_losses
@@ -121,10 +121,8 @@ def run_loop(run: RunSetup) -> TrainResult:
         if not (main and cfg.verbose):
             return
         with amp():
-            samples = generate_samples(
-                raw_model, tokenizer, run.sample_prompt, NUM_SAMPLES, cfg.sample_tokens, seq_len, device,
-                seed=cfg.seed + state.step, stop_at_bos=run.stop_at_bos,
-            )
+            samples = sample_texts(raw_model, tokenizer, run.sample_prompt, NUM_SAMPLES, cfg.sample_tokens,
+                                   seed=cfg.seed + state.step, stop_at_bos=run.stop_at_bos)
         if run.sample_stop is not None:
             samples = [s.split(run.sample_stop)[0] for s in samples]
         for i, s in enumerate(samples):
