@@ -193,8 +193,8 @@ def save_checkpoint(
 
 
 def _checkpoint_bytes(tensor_groups: list[dict[str, torch.Tensor]]) -> int:
-    """What a checkpoint of these tensors takes on disk, about: their bytes plus 1 MiB of JSON and headers."""
-    return sum(t.numel() * t.element_size() for group in tensor_groups for t in group.values()) + (1 << 20)
+    """What a checkpoint of these tensors takes on disk, at least: their bytes plus 64 KiB of JSON and headers."""
+    return sum(t.numel() * t.element_size() for group in tensor_groups for t in group.values()) + (64 << 10)
 
 
 def _disk_full(directory: Path, tensor_groups: list[dict[str, torch.Tensor]]) -> CheckpointError:
