@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
 
+import httpx
 import pytest
 import torch
 from serve_browser_fixtures import canvas_ink, needs_chromium, screenshot, visible
@@ -146,3 +148,42 @@ def test_errors_are_readable(open_page):
     page.fill("#max-tokens", "9999")
     page.click("#generate")
     page.wait_for_function("document.getElementById('error-text').textContent.includes('Max tokens')")
+
+
+def test_stop_strings_and_token_probabilities_match_the_api(open_page, server_url):
+    rec = open_page(1366, 768)
+    page = rec.page
+    page.fill("#prompt", "ROMEO:\n")
+    page.fill("#max-tokens", "60")
+    page.fill("#seed", "3")
+    page.fill("#stop-strings", r"e, \n\n, a\,b")
+    page.fill("#top-logprobs", "4")
+    page.click("#generate")
+    page.wait_for_function("document.getElementById('gen-stats').textContent.includes('tokens')", timeout=30_000)
+
+    (body,) = rec.bodies("/api/generate/stream")
+    assert body["stop"] == ["e", "\n\n", "a,b"] and body["top_logprobs"] == 4
+    r = httpx.post(server_url + "/api/generate", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    api = r.json()
+    assert page.text_content("#gen-text") == api["generated"]
+    assert not any(s in api["generated"] for s in body["stop"])
+    chips = page.locator("#chips .chip")
+    ids = [int(i) for i in chips.evaluate_all("cs => cs.map(c => c.dataset.id)")]
+    assert ids == [t["id"] for t in api["prompt_tokens"]] + [t["id"] for t in api["tokens"]]
+
+    # each generated chip, hovered, shows its token's probability and the four most likely tokens, as the API does
+    start = len(api["prompt_tokens"])
+    for k, token in enumerate(api["tokens"]):
+        chips.nth(start + k).hover()
+        detail = page.inner_text("#token-detail")
+        p = 100 * math.exp(token["logprob"])
+        assert math.isclose(float(re.search(r"p = ([0-9.e+-]+)%", detail).group(1)), p, rel_tol=0.006), detail
+        shown = page.locator("#token-detail .alt-text").all_text_contents()
+        assert shown == [visible(a["text"]) or "\u2205" for a in token["top_logprobs"]] and len(shown) == 4
+        percents = [float(t.rstrip("%")) for t in page.locator("#token-detail .pct").all_text_contents()]
+        for pct, alt in zip(percents, token["top_logprobs"], strict=True):
+            assert math.isclose(pct, 100 * math.exp(alt["logprob"]), rel_tol=0.006), (percents, token)
+        chosen = page.locator("#token-detail .alt-text.chosen").all_text_contents()
+        assert chosen == ([visible(token["text"])] if token["id"] in [a["id"] for a in token["top_logprobs"]] else [])
+    assert not rec.errors, rec.errors

@@ -60,8 +60,8 @@ function isSpecial(text) {
 }
 
 function percent(logprob) {
-  const p = 100 * Math.exp(logprob);
-  return p >= 10 ? p.toFixed(1) + "%" : p >= 0.01 ? p.toFixed(2) + "%" : p.toExponential(1) + "%";
+  const p = 100 * Math.exp(logprob); // three significant digits at any size
+  return (p >= 0.001 ? p.toPrecision(3) : p.toExponential(2)) + "%";
 }
 
 function setupCanvas(canvas) {
