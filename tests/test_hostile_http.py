@@ -30,6 +30,7 @@ KEEP_ALIVE = 1.5
 SEND_TIMEOUT = 2.0
 MAX_HEADER_BYTES = 4096
 MAX_CONNECTIONS = 64
+PER_CLIENT = 8
 BURST = 5
 SLACK = 2.0  # scheduling slack on a loaded 2-core machine
 
@@ -39,6 +40,7 @@ LIMIT_FLAGS = [
     "--body-timeout", str(BODY_TIMEOUT),
     "--keep-alive-timeout", str(KEEP_ALIVE),
     "--max-connections", str(MAX_CONNECTIONS),
+    "--max-connections-per-client", str(PER_CLIENT),
     "--send-timeout", str(SEND_TIMEOUT),
     "--rate-limit-rps", "0.1",
     "--rate-limit-burst", str(BURST),
@@ -57,7 +59,9 @@ def limited(serve_checkpoint: Path):
 def proxied(serve_checkpoint: Path):
     """The same budget, behind a 'proxy' at 127.0.0.1 (set by the environment variable, not the flag)."""
     env = {"EMBERGPT_FORWARDED_ALLOW_IPS": "127.0.0.1"}
-    proc = ServerProcess(serve_checkpoint, ["--rate-limit-rps", "0.1", "--rate-limit-burst", str(BURST)], env=env)
+    flags = ["--rate-limit-rps", "0.1", "--rate-limit-burst", str(BURST)]
+    flags += ["--max-connections-per-client", str(PER_CLIENT)]
+    proc = ServerProcess(serve_checkpoint, flags, env=env)
     yield proc
     proc.stop()
 
@@ -312,21 +316,21 @@ def test_a_websocket_upgrade_is_not_taken(limited):
 # ---- open connections
 
 
-def test_1100_held_connections_are_not_all_accepted(limited):
-    n, socks = 1100, []
-    t0 = time.monotonic()
+def hold(server: ServerProcess, sources: list[str], expect_refused: int) -> tuple[list[socket.socket], list[dict]]:
+    """One connection from each source address; waits (bounded) until `expect_refused` of them were refused.
+    Returns the connections still open and the error bodies of the refusals (each a 503 or a bare close)."""
+    socks, refusals, t0 = [], [], time.monotonic()
     try:
-        for _ in range(n):
-            socks.append(connect(limited, timeout=5))
+        for source in sources:
+            socks.append(connect(server, source=source, timeout=5))
+            socks[-1].setblocking(False)
             assert time.monotonic() - t0 < 60
-        # Wait until the server has seen every connection: each is either held open or answered 503 and closed.
         refused: set[int] = set()
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and len(refused) < n - MAX_CONNECTIONS:
+        while time.monotonic() < deadline and len(refused) < expect_refused:
             for i, sock in enumerate(socks):
                 if i in refused:
                     continue
-                sock.setblocking(False)
                 try:
                     data = sock.recv(4096)
                 except BlockingIOError:
@@ -334,23 +338,79 @@ def test_1100_held_connections_are_not_all_accepted(limited):
                 except OSError:
                     data = b""
                 assert data == b"" or status_of(data) == 503, data[:200]
-                if data:
-                    assert json_body(data)["error"] == "too_many_connections"
+                refusals.append(json_body(data) if data else {})
                 refused.add(i)
             time.sleep(0.2)
-        held = n - len(refused)
-        assert held <= MAX_CONNECTIONS, f"{held} connections held open; the cap is {MAX_CONNECTIONS}"
-        assert len(refused) >= n - MAX_CONNECTIONS
-    finally:
+        time.sleep(0.5)  # a refusal beyond those expected would show here
+        for i, sock in enumerate(socks):
+            if i not in refused:
+                try:
+                    sock.recv(4096)
+                    refused.add(i)  # closed or answered: refused after all
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    refused.add(i)
+    except BaseException:
         for sock in socks:
             sock.close()
-    # Once they are gone, the server serves again.
-    deadline = time.monotonic() + 10
-    status = None
+        raise
+    for i in refused:
+        socks[i].close()
+    return [sock for i, sock in enumerate(socks) if i not in refused], refusals
+
+
+def wait_served(server: ServerProcess, source: str | None = None) -> None:
+    deadline, status = time.monotonic() + 10, None
     while time.monotonic() < deadline and status != 200:
-        status = send(limited, b"GET /api/health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        status = send(server, b"GET /api/health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", source)
         time.sleep(0.2)
     assert status == 200
+
+
+def test_1100_held_connections_are_not_all_accepted(limited):
+    n = 1100
+    sources = [f"127.0.1.{1 + i % 200}" for i in range(n)]  # 200 clients, under their per-client cap each
+    held, refusals = hold(limited, sources, n - MAX_CONNECTIONS)
+    try:
+        assert len(held) <= MAX_CONNECTIONS, f"{len(held)} connections held open; the cap is {MAX_CONNECTIONS}"
+        assert len(refusals) >= n - MAX_CONNECTIONS
+        assert all(r.get("max_connections") == MAX_CONNECTIONS for r in refusals if r)
+    finally:
+        for sock in held:
+            sock.close()
+    wait_served(limited)  # once they are gone, the server serves again
+
+
+def test_one_client_cannot_take_every_connection(limited):
+    n = PER_CLIENT + 10
+    held, refusals = hold(limited, ["127.0.2.1"] * n, n - PER_CLIENT)
+    try:
+        assert len(held) == PER_CLIENT, len(held)
+        assert all(r.get("max_connections_per_client") == PER_CLIENT for r in refusals if r)
+        wait_served(limited, source="127.0.2.2")  # another client is served meanwhile
+    finally:
+        for sock in held:
+            sock.close()
+    wait_served(limited, source="127.0.2.1")
+
+
+def test_a_trusted_proxy_has_no_per_client_cap(proxied):
+    n = PER_CLIENT + 6
+    held, refusals = hold(proxied, ["127.0.0.1"] * n, 0)  # the proxy: every connection kept ...
+    try:
+        assert len(held) == n and refusals == []
+        for sock in held:  # ... and served
+            sock.setblocking(True)
+            sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert status_of(read_one_response(sock)) == 200
+    finally:
+        for sock in held:
+            sock.close()
+    held, refusals = hold(proxied, ["127.0.0.2"] * n, n - PER_CLIENT)  # not the proxy: capped
+    for sock in held:
+        sock.close()
+    assert len(held) == PER_CLIENT
 
 
 # ---- the flags themselves

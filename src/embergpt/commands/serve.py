@@ -21,6 +21,10 @@ _LIMITS: dict[str, tuple[type, str]] = {
     "keep_alive_timeout": (float, "seconds an idle kept-alive connection stays open (default 5)"),
     "send_timeout": (float, "seconds the server waits for a client that stopped reading its answer (default 30)"),
     "max_connections": (int, "open connections; each one beyond gets 503 and is closed (default 512)"),
+    "max_connections_per_client": (
+        int,
+        "open connections from one address, beyond which 503 (default 64; a --forwarded-allow-ips proxy has none)",
+    ),
     "forwarded_allow_ips": (
         str,
         "comma-separated proxy addresses/networks (or *) whose X-Forwarded-For is believed for the rate limit "

@@ -10,6 +10,8 @@ connection. `limited_protocol(limits)` returns uvicorn's httptools protocol with
                        connection opened or the request's first byte arrived
     body_timeout       408 {"error": "request_timeout"} when the body is not complete this long after the headers
     max_connections    503 {"error": "too_many_connections"} to every connection beyond the cap, at once
+    max_connections_per_client   the same beyond this many connections from one address (so that one client cannot
+                       take every slot); a trusted proxy (forwarded_allow_ips) carries many clients and has no cap
     send_timeout       the connection is dropped when the answer has waited this long for the client to read it
                        (the server's write buffer stayed full), so a client that never reads cannot hold it forever
 
@@ -21,6 +23,7 @@ that the client can read the answer instead of a reset.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -40,6 +43,8 @@ class HttpLimits:
     body_timeout: float = 15.0
     max_connections: int = 512
     send_timeout: float = 30.0
+    max_connections_per_client: int = 64
+    trusted_proxies: tuple[str, ...] = ()  # addresses or networks, or "*": exempt from the per-client cap
 
     @classmethod
     def from_settings(cls, settings: Any) -> HttpLimits:
@@ -50,7 +55,19 @@ class HttpLimits:
             body_timeout=settings.body_timeout,
             max_connections=settings.max_connections,
             send_timeout=settings.send_timeout,
+            max_connections_per_client=settings.max_connections_per_client,
+            trusted_proxies=tuple(settings.trusted_proxies),
         )
+
+    def exempt(self, host: str) -> bool:
+        """Whether connections from `host` are exempt from the per-client cap (it is a trusted proxy)."""
+        if "*" in self.trusted_proxies:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in ipaddress.ip_network(net, strict=False) for net in self.trusted_proxies)
 
 
 def error_bytes(status: int, kind: str, message: str, **details: Any) -> bytes:
@@ -64,6 +81,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol plus `limits` (set on the subclass made by `limited_protocol`)."""
 
     limits: ClassVar[HttpLimits] = HttpLimits()
+    open_per_client: ClassVar[dict[str, int]] = {}  # one dict per server: each limited_protocol() makes its own
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -72,6 +90,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_headers = True  # until the current request's headers are complete
         self._header_bytes = 0  # bytes received for the current request's line and headers
         self._refused = False  # an error answer was sent: discard input until the connection closes
+        self._counted_as: str | None = None  # the address this connection counts against
 
     # ---- connection
 
@@ -87,10 +106,32 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 max_connections=cap,
             )
             return
+        host = self.client[0] if self.client else None
+        if host is not None and not self.limits.exempt(host):
+            per_client = self.limits.max_connections_per_client
+            if self.open_per_client.get(host, 0) >= per_client:
+                self._refuse(
+                    503,
+                    "too_many_connections",
+                    f"this address holds its maximum of {per_client} open connections "
+                    "(--max-connections-per-client); close some or retry later",
+                    linger=BUSY_LINGER_SECONDS,
+                    max_connections_per_client=per_client,
+                )
+                return
+            self.open_per_client[host] = self.open_per_client.get(host, 0) + 1
+            self._counted_as = host
         self._arm("header")  # a connection that never sends a byte is closed too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._counted_as is not None:
+            left = self.open_per_client.get(self._counted_as, 1) - 1
+            if left > 0:
+                self.open_per_client[self._counted_as] = left
+            else:
+                self.open_per_client.pop(self._counted_as, None)
+            self._counted_as = None
         if self._send_deadline is not None:
             self._send_deadline.cancel()
             self._send_deadline = None
@@ -205,4 +246,4 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
 def limited_protocol(limits: HttpLimits) -> type[LimitedHttpToolsProtocol]:
     """A protocol class for `uvicorn.Config(http=...)` that enforces `limits`."""
-    return type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), {"limits": limits})
+    return type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), {"limits": limits, "open_per_client": {}})

@@ -15,6 +15,7 @@
     keep_alive_timeout      --keep-alive-timeout      EMBERGPT_KEEP_ALIVE_TIMEOUT        5 s idle between requests
     send_timeout            --send-timeout            EMBERGPT_SEND_TIMEOUT              30 s stalled on a non-reader
     max_connections         --max-connections         EMBERGPT_MAX_CONNECTIONS           512 open connections
+    max_connections_per_client  --max-connections-per-client  EMBERGPT_MAX_CONNECTIONS_PER_CLIENT  64 (a proxy: no cap)
     forwarded_allow_ips     --forwarded-allow-ips     EMBERGPT_FORWARDED_ALLOW_IPS       "" (trust no proxy)
   The decode core:
     compile                 --compile                 EMBERGPT_COMPILE                   auto (off|default|max-autotune)
@@ -61,6 +62,7 @@ class ServeSettings:
     keep_alive_timeout: float = 5.0
     send_timeout: float = 30.0
     max_connections: int = 512
+    max_connections_per_client: int = 64
     forwarded_allow_ips: str = ""
     compile: str = "auto"
     dtype: str = "auto"
