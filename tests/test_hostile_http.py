@@ -275,7 +275,7 @@ def test_idle_keep_alive_connection_is_closed(limited):
         rest, ended = read_until_closed(sock, t0 + KEEP_ALIVE + 2 * SLACK)
     assert status_of(first) == 200
     assert rest == b""  # closed without another answer
-    assert KEEP_ALIVE - 0.5 < ended - t0 < KEEP_ALIVE + 2 * SLACK
+    assert KEEP_ALIVE - 1.0 < ended - t0 < KEEP_ALIVE + 2 * SLACK  # closed by the timer, not at once
 
 
 def test_a_client_that_stops_reading_is_dropped(limited):
@@ -416,6 +416,7 @@ def test_a_trusted_proxy_has_no_per_client_cap(proxied):
 # ---- the flags themselves
 
 
+@pytest.mark.slow  # a process importing torch: ~10 s on a loaded 2-core machine
 def test_a_bad_limit_is_a_one_line_error(serve_checkpoint: Path):
     cmd = [sys.executable, "-m", "embergpt", "serve", "--checkpoint", str(serve_checkpoint), "--port", "0"]
     result = subprocess.run([*cmd, "--header-timeout", "nan"], capture_output=True, text=True, timeout=120)

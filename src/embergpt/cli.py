@@ -56,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         module = _import_optional(f"embergpt.commands.{module_name}")
         if module is None:
             continue
-        p = sub.add_parser(verb, help=help_text, description=help_text)
+        # A verb's module may add a longer DESCRIPTION and an EXAMPLE (shown as written, after the flags).
+        p = sub.add_parser(
+            verb, help=help_text, description=getattr(module, "DESCRIPTION", help_text),
+            epilog=getattr(module, "EXAMPLE", None), formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser

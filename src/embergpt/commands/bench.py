@@ -22,8 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         module = _import_optional(f"embergpt.bench.{name}")
         if module is None:
             continue
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--json", action="store_true", help="print only the JSON result")
+        p = sub.add_parser(
+            name, help=help_text, description=getattr(module, "DESCRIPTION", help_text),
+            epilog=getattr(module, "EXAMPLE", None), formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("--json", action="store_true", help="print only the JSON result (default: indented)")
         module.add_arguments(p)
         p.set_defaults(_bench=module)
 
