@@ -5,20 +5,33 @@ from __future__ import annotations
 import argparse
 import sys
 
+EXAMPLE = """examples:
+  embergpt tokenizer train --input builtin:shakespeare --output tok.json    (BPE, 4096 ids: about 10 s on a laptop)
+  embergpt tokenizer encode --tokenizer tok.json --text "To be, or not to be"
+  embergpt tokenizer decode --tokenizer tok.json --ids 1,2,3"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="tokenizer_action", metavar="ACTION", required=True)
+    raw = argparse.RawDescriptionHelpFormatter
 
     train = sub.add_parser(
         "train",
         help="train a tokenizer on a text source and save it as one JSON file",
-        description="Train on all but the last 10% of SOURCE; print the vocab size, the time taken and the "
-        "compression (bytes per token) on that held-out tail.",
+        description="Train on all but the last --heldout fraction of SOURCE; print the vocab size, the time taken "
+        "and the compression (bytes per token) on that held-out tail, which training never saw.",
+        epilog="example (BPE on Shakespeare, about 10 s on a laptop CPU; large inputs show progress):\n"
+        "  embergpt tokenizer train --input builtin:shakespeare --output tok.json --vocab-size 4096",
+        formatter_class=raw,
     )
     train.add_argument(
-        "--input", required=True, metavar="SOURCE", help="builtin:shakespeare, builtin:names, a file, https://, hf://"
+        "--input", required=True, metavar="SOURCE",
+        help="builtin:shakespeare, builtin:names, a file, https://, hf:// (required: no default)",
     )
-    train.add_argument("--output", required=True, metavar="PATH", help="where to write the tokenizer JSON")
+    train.add_argument(
+        "--output", required=True, metavar="PATH",
+        help="the tokenizer JSON to write: a new file, or a regular file to replace (required: no default)",
+    )
     train.add_argument("--kind", choices=("bpe", "char"), default="bpe", help="tokenizer kind (default: bpe)")
     train.add_argument(
         "--vocab-size", type=int, default=None, metavar="N", help="BPE ids incl. 9 special tokens (default 4096)"
@@ -27,14 +40,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--heldout", type=float, default=0.1, metavar="FRACTION", help="tail kept out of training (default 0.1)"
     )
 
-    encode = sub.add_parser("encode", help="print the ids and pieces of a text")
-    encode.add_argument("--tokenizer", required=True, metavar="PATH")
-    encode.add_argument("--text", required=True)
-    encode.add_argument("--allow-special", action="store_true", help="turn <|bos|> etc. in the text into specials")
+    encode = sub.add_parser(
+        "encode", help="print the ids and pieces of a text",
+        description="Encode TEXT with a tokenizer file: print its ids, the piece of text each id stands for, and "
+        "the bytes per token.",
+        epilog='example:\n  embergpt tokenizer encode --tokenizer runs/shakespeare/final/tokenizer.json --text "Hello"',
+        formatter_class=raw,
+    )
+    encode.add_argument("--tokenizer", required=True, metavar="PATH", help="a tokenizer .json file (required)")
+    encode.add_argument("--text", required=True, help="the text to encode (required)")
+    encode.add_argument(
+        "--allow-special", action="store_true",
+        help="turn <|bos|> etc. in the text into special tokens (default: off, they stay plain text)",
+    )
 
-    decode = sub.add_parser("decode", help="print the text of comma-separated ids")
-    decode.add_argument("--tokenizer", required=True, metavar="PATH")
-    decode.add_argument("--ids", required=True, help="e.g. 1,2,3")
+    decode = sub.add_parser(
+        "decode", help="print the text of comma-separated ids",
+        description="Decode token ids with a tokenizer file and print the text they stand for.",
+        epilog="example:\n  embergpt tokenizer decode --tokenizer runs/shakespeare/final/tokenizer.json --ids 20,43,50",
+        formatter_class=raw,
+    )
+    decode.add_argument("--tokenizer", required=True, metavar="PATH", help="a tokenizer .json file (required)")
+    decode.add_argument("--ids", required=True, help="ids separated by commas, e.g. 1,2,3 (required)")
 
 
 def _parse_ids(raw: str) -> list[int]:

@@ -16,46 +16,54 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 # (flag, type, help); the TrainConfig field is the flag's name with '-' -> '_'
 FLAGS: list[tuple[str, str, Any, str]] = [
-    ("data and model", "--data", str, "text source: builtin:shakespeare, builtin:names, a file, https://..., hf://..."),
+    ("data and model", "--data", str, "text source: builtin:shakespeare, builtin:names, a file, https://..., "
+     "hf://... (default builtin:shakespeare, used whenever --data is not given)"),
     ("data and model", "--tokenizer", str, "char, bpe, or a tokenizer .json file (default char)"),
     ("data and model", "--vocab-size", int, "BPE vocabulary size (default 4096)"),
     ("data and model", "--data-mode", str, "window, documents or auto (default: documents for one-item-per-line text)"),
-    ("data and model", "--model", str, "gpt, bigram, single-head, multi-head, or compare (all four, same budget)"),
-    ("data and model", "--preset", str, "a model shape preset: tiny, check, shakespeare-char, bench, d12"),
-    ("data and model", "--n-layer", int, "transformer blocks"),
-    ("data and model", "--n-head", int, "attention (query) heads"),
-    ("data and model", "--n-kv-head", int, "key/value heads (1 = MQA, n-head = MHA)"),
-    ("data and model", "--n-embd", int, "model width"),
+    ("data and model", "--model", str, "gpt, bigram, single-head, multi-head, or compare (all four, same budget) "
+     "(default gpt)"),
+    ("data and model", "--preset", str, "a model shape: tiny, check, shakespeare-char, bench, d12 (default: none, "
+     "i.e. 4 layers, width 128, 4 heads, 128 positions; the shape flags below override it)"),
+    ("data and model", "--n-layer", int, "transformer blocks (default: the preset's, else 4)"),
+    ("data and model", "--n-head", int, "attention (query) heads (default: the preset's, else 4)"),
+    ("data and model", "--n-kv-head", int, "key/value heads, 1 = MQA, n-head = MHA (default: the preset's, or n-head)"),
+    ("data and model", "--n-embd", int, "model width (default: the preset's, else 128)"),
     ("data and model", "--dropout", float, "dropout probability (default 0)"),
     ("batch and schedule", "--batch-size", int, "global sequences per micro-step, split across ranks (default 32)"),
     ("batch and schedule", "--seq-len", int, "tokens per sequence (default: the preset's)"),
     ("batch and schedule", "--grad-accum", int, "micro-steps per optimizer step (default 1)"),
     ("batch and schedule", "--steps", int, "optimizer steps (default 1000 unless --time-budget is given)"),
-    ("batch and schedule", "--time-budget", float, "seconds of training (evaluation excluded); the lr follows it"),
+    ("batch and schedule", "--time-budget", float, "seconds of training (evaluation excluded); the lr follows it "
+     "(default: none)"),
     ("batch and schedule", "--lr", float, "learning rate (default: adamw 3e-3; muon 0.02 for the hidden matrices)"),
     ("batch and schedule", "--warmup", int, "linear warm-up steps (default 0)"),
     ("batch and schedule", "--lr-schedule", str, "cosine, linear or constant (default cosine)"),
     ("batch and schedule", "--min-lr-frac", float, "final lr as a fraction of --lr (default 0.1)"),
     ("batch and schedule", "--weight-decay", float, "decoupled weight decay of matrices (default 0)"),
-    ("optimizer and precision", "--optimizer", str, "adamw or muon (Muon for hidden matrices, AdamW for the rest)"),
+    ("optimizer and precision", "--optimizer", str, "adamw, or muon (Muon for the hidden matrices, AdamW for "
+     "embeddings and head) (default adamw)"),
     ("optimizer and precision", "--grad-clip", float, "max global gradient norm, 0 = off (default 1.0)"),
     ("optimizer and precision", "--dtype", str, "float32 or bfloat16 autocast (default: bfloat16 on CUDA, else fp32)"),
-    ("optimizer and precision", "--compile", bool, "torch.compile the model (checkpoints still hold the plain one)"),
+    ("optimizer and precision", "--compile", bool, "torch.compile the model; checkpoints still hold the plain one "
+     "(default off)"),
     ("evaluation", "--eval-interval", int, "steps between evaluations, 0 = only at the end (default 100)"),
-    ("evaluation", "--eval-seconds", float, "also evaluate every S seconds of training (compare: budget / 12)"),
+    ("evaluation", "--eval-seconds", float, "also evaluate every S seconds of training (default off; compare: "
+     "budget / 12)"),
     ("evaluation", "--eval-steps", int, "validation batches per evaluation (default 20)"),
     ("evaluation", "--sample-interval", int, "steps between printed samples (default: at each evaluation)"),
     ("evaluation", "--sample-tokens", int, "tokens per printed sample (default 200)"),
     ("run", "--device", str, "cpu, cuda, cuda:N or mps (default: the best available)"),
-    ("run", "--threads", "threads", "CPU threads: N, or auto (the faster of 1 and all cores, re-checked)"),
+    ("run", "--threads", "threads", "CPU threads: N, or auto (the faster of 1 and all cores, re-checked) "
+     "(default: torch's)"),
     ("run", "--seed", int, "random seed (default 1337)"),
     ("run", "--out", str, "output directory (default runs/train; with --resume, the checkpoint's parent)"),
     ("run", "--checkpoint-interval", int, "save OUT/step-NNNNNN every N steps (default 0: final only)"),
     ("run", "--checkpoint-keep", int, "periodic checkpoints kept, 0 = all (default 3)"),
-    ("run", "--resume", str, "continue from this checkpoint directory (exactly, on CPU)"),
-    ("run", "--overwrite", bool, "replace a run already in OUT (without it, such an OUT is an error)"),
-    ("run", "--demo", bool, "the `make demo` run: char-level Shakespeare on the CPU (~2 minutes)"),
-    ("run", "--quiet", bool, "no progress bar, no samples: only errors and the final summary"),
+    ("run", "--resume", str, "continue from this checkpoint directory, exactly on CPU (default: a new run)"),
+    ("run", "--overwrite", bool, "replace a run already in OUT; without it, such an OUT is an error (default off)"),
+    ("run", "--demo", bool, "the `make demo` run: char-level Shakespeare on the CPU, ~2 minutes (default off)"),
+    ("run", "--quiet", bool, "no progress bar, no samples: only errors and the final summary (default off)"),
 ]
 
 
@@ -80,6 +88,18 @@ def _bool_from_env(name: str, value: str) -> bool:
     if v in _FALSE:
         return False
     raise ValueError(f"{name}={value!r}: use 1/0, true/false, yes/no or on/off")
+
+
+DESCRIPTION = """Train a GPT (or a teaching-ladder model) on a text source and save checkpoints in --out.
+
+Without --data it trains on builtin:shakespeare. Every flag can also be set by the environment variable shown in
+[brackets]; a flag wins over its variable. Progress (loss, tok/s, ETA) is shown while it runs; each evaluation
+prints its own line."""
+
+EXAMPLE = """examples:
+  embergpt train --data builtin:names --steps 300 --out runs/names        (about 1 minute on a laptop CPU)
+  embergpt train --demo                                                     (the `make demo` run, ~2 minutes)
+  embergpt train --resume runs/names/final --steps 600                      (continue a run, bit for bit on CPU)"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
