@@ -197,3 +197,34 @@ LADDER: dict[str, type[nn.Module]] = {
     "multi-head": MultiHead,
     "gpt": GPT,
 }
+
+
+def structure(kind: str, config: GPTConfig) -> dict[str, Any]:
+    """What a model of `kind` is made of, for people and the web UI: {"layers", "heads", "kv_heads", "width",
+    "attention"}, with 0 layers and heads for the bigram (a table has neither) and attention False there."""
+    if kind == "bigram":
+        return {"layers": 0, "heads": 0, "kv_heads": 0, "width": config.vocab_size, "attention": False}
+    if kind == "single-head":
+        return {"layers": 1, "heads": 1, "kv_heads": 1, "width": config.n_embd, "attention": True}
+    if kind == "multi-head":
+        heads = config.n_head
+        return {"layers": 1, "heads": heads, "kv_heads": heads, "width": config.n_embd, "attention": True}
+    return {"layers": config.n_layer, "heads": config.n_head, "kv_heads": config.n_kv_head, "width": config.n_embd,
+            "attention": True}
+
+
+def describe(kind: str, config: GPTConfig, num_params: int) -> str:
+    """One line saying what the model is: 'bigram: 4.4K parameters (a 66 x 66 table of next-token logits: no
+    layers, no attention)', 'gpt: 0.8M parameters (4 layers, d=128, 4 heads, 4 KV heads)'."""
+    from embergpt.model_size import format_count
+
+    count = f"{kind}: {format_count(num_params)} parameters"
+    if kind == "bigram":
+        V = config.vocab_size
+        return f"{count} (a {V} x {V} table of next-token logits: no layers, no attention)"
+    if kind == "single-head":
+        return f"{count} (one causal attention head, d={config.n_embd}, learned positions; no MLP)"
+    if kind == "multi-head":
+        return f"{count} (one block: {config.n_head} attention heads + an MLP, d={config.n_embd})"
+    return (f"{count} ({config.n_layer} layers, d={config.n_embd}, {config.n_head} heads, "
+            f"{config.n_kv_head} KV heads)")

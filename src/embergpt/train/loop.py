@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from embergpt.device import autocast, dtype_name
+from embergpt.ladder import describe as describe_model
 from embergpt.train.checkpoints import (
     TrainState,
     interrupted_name,
@@ -90,8 +91,8 @@ def run_loop(run: RunSetup) -> TrainResult:
     amp = lambda: autocast(device, dtype)  # noqa: E731
 
     say(
-        f"{kind}: {num_params / 1e6:.2f}M parameters ({model_config.n_layer} layers, d={model_config.n_embd}, "
-        f"{model_config.n_head} heads) | {run.data_summary}, {tokenizer.kind} vocab {tokenizer.vocab_size}"
+        f"{describe_model(kind, model_config, num_params)} | {run.data_summary}, {tokenizer.kind} vocab "
+        f"{tokenizer.vocab_size}"
     )
     budget = f"{total} steps" if total is not None else ""
     if cfg.time_budget is not None:
