@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-features": ("check_features", "run the model capability report (PASS/FAIL per check)"),
     "tokenizer": ("tokenizer", "train, inspect or use a char/BPE tokenizer"),
     "train": ("train", "train a GPT (or a teaching-ladder model) on a text source"),
+    "sft": ("sft", "fine-tune a pretrained checkpoint on conversations (builtin:chat-tasks or JSONL)"),
     "generate": ("generate", "generate text from a checkpoint"),
     "serve": ("serve", "serve a checkpoint over HTTP with a web UI"),
     "micro": ("micro", "train the pure-Python micro GPT on names"),

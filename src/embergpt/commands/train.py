@@ -103,8 +103,13 @@ EXAMPLE = """examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, FLAGS)
+
+
+def add_flags(parser: argparse.ArgumentParser, flags: list[tuple[str, str, Any, str]]) -> None:
+    """Add `flags` (entries of FLAGS) to `parser`, in their groups (`embergpt sft` shares most of them)."""
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for group, flag, kind, help_text in FLAGS:
+    for group, flag, kind, help_text in flags:
         kind = threads if kind == "threads" else kind
         g = groups.setdefault(group, parser.add_argument_group(group))
         help_text += f" [{env_name(flag)}]"
@@ -115,10 +120,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             g.add_argument(flag, type=kind, default=None, metavar=metavar, help=help_text)
 
 
-def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
+def explicit_settings(args: argparse.Namespace, flags: list[tuple[str, str, Any, str]] = FLAGS) -> dict[str, Any]:
     """Flags given on the command line, then EMBERGPT_<FLAG> variables for the others (ValueError if malformed)."""
     settings: dict[str, Any] = {}
-    for _, flag, kind, _ in FLAGS:
+    for _, flag, kind, _ in flags:
         kind = threads if kind == "threads" else kind
         field = flag.lstrip("-").replace("-", "_")
         value = getattr(args, field, None)

@@ -59,6 +59,11 @@ class Tokenizer(ABC):
         return dict(self._special_tokens)
 
     @property
+    def special_ids(self) -> dict[str, int]:
+        """name -> id, as `special_tokens` (the decode core's tool forcing reads this name)."""
+        return dict(self._special_tokens)
+
+    @property
     def bos_id(self) -> int:
         return self._special_tokens[BOS]
 

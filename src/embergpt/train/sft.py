@@ -33,6 +33,26 @@ from embergpt.train.vocab_growth import grown_tokenizer, resize_vocabulary
 EFFICIENCY_PROBE_BATCHES = 20  # batches packed at set-up to report the packing efficiency
 
 
+def sft_config(init_from: str, **overrides: Any) -> TrainConfig:
+    """SFT's defaults (what `make chat-demo` runs on a make-demo checkpoint), then `overrides`."""
+    base = TrainConfig(
+        stage="sft",
+        init_from=str(init_from),
+        data=tasks.SOURCE,
+        optimizer="muon",
+        lr=0.02,
+        batch_size=16,
+        steps=600,
+        lr_schedule="linear",
+        min_lr_frac=0.0,
+        eval_interval=100,
+        eval_steps=10,
+        sample_tokens=64,
+        out="runs/chat",
+    )
+    return base.replace(**overrides)
+
+
 def _conversation_chars(conversation: dict[str, Any]) -> set[str]:
     chars = {"\n"}  # a system message joins the first user message with a blank line
     for message in conversation["messages"]:
