@@ -2,7 +2,9 @@
 
 Each limit of embergpt.serve.http_limits and the rate limit's client key is attacked the way the hardening review
 did (issue 15): forged X-Forwarded-For, a 64 MB header, headers and a body dripped a byte per second, idle
-kept-alive and silent connections, 1,100 held connections. Every loop is bounded in count and in time.
+kept-alive and silent connections, answers never read, 1,100 held connections, one client holding many, a WebSocket
+upgrade. Clients at other addresses are loopback source addresses (127.0.x.y). Every loop is bounded in count and in
+time.
 Add a test here for every new way a client can hold or bypass the server.
 """
 
