@@ -106,3 +106,12 @@ def test_model_training_forward_matches_its_logits():
 def test_mismatched_targets_are_an_error():
     with pytest.raises(ValueError, match="targets"):
         chunked_cross_entropy(torch.randn(4, 8), torch.randn(5, 8), torch.zeros(3, dtype=torch.long), 15.0)
+
+
+def test_without_grad_mode_the_loss_is_the_same():
+    hidden, weight, targets = inputs(4, scale=3.0, dtype=torch.float32)
+    with torch.no_grad():
+        expected = plain_loss(hidden, weight, targets, softcap=15.0)
+        got = chunked_cross_entropy(hidden, weight, targets, softcap=15.0, rows=7)
+    assert not got.requires_grad
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)

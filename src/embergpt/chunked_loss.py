@@ -9,15 +9,17 @@ The plain formula (what `GPT.forward` computes when it returns logits, followed 
 
 Done as written, the whole [N, V] fp32 tensor exists several times over (the matmul's output, each elementwise
 step, the log-softmax and their gradients): at the bench shape, 4096 x 8192 floats are 134 MB each. Here only
-`rows` of them exist at a time, small enough to stay in cache on a CPU: the forward keeps the log-sum-exp of
-each row ([N] floats) and nothing else, and the backward recomputes each block's logits from h and W, forms the
-gradient of the loss with respect to them in place,
+`rows` of them exist at a time, small enough to stay in cache on a CPU. The loss is a scalar, so its gradient
+is known up to the one factor the backward brings (grad_out): each block's gradient with respect to its logits,
 
-    dz/dlogits = [|logits| <= L] * (1 - tanh(z1 / c)^2) * [|c tanh(z1 / c)| <= L]      z1 = clamp(logits)
     dloss/dz   = (softmax(z) - onehot(target)) * [target != -1] / count
+    dz/dlogits = [|logits| <= L] * (1 - tanh(z1 / c)^2) * [|c tanh(z1 / c)| <= L]      z1 = clamp(logits)
 
-and multiplies it into dh (its rows) and dW (a sum over blocks, kept in fp32). The result equals the plain
-formula within float rounding, loss and gradients (tests/test_chunked_loss.py checks both).
+is formed in place right after its loss, while the block is still in cache, and multiplied into dh (its rows)
+and dW (a sum over blocks, in fp32) at once; the backward only scales the two by grad_out. Nothing is
+recomputed: the matmuls are the three a plain forward + backward does. Without grad mode (evaluation) the
+gradient is skipped. The result equals the plain formula within float rounding, loss and gradients
+(tests/test_chunked_loss.py checks both).
 
 Under bf16 autocast the matmuls run in bf16, as `lm_head` would; everything after them stays fp32.
 """
@@ -42,64 +44,53 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         clamp: float,
         rows: int,
         compute_dtype: torch.dtype,
+        with_grad: bool,
     ) -> torch.Tensor:
         w = weight.to(compute_dtype)
         valid = targets != -1
         count = valid.sum()
+        # d loss / d z[n, :] carries this factor per row: 1 / count, and zero for ignored targets
+        row_scale = valid.float() / count
         safe_targets = targets.clamp(min=0)
-        lse = torch.empty(hidden.size(0), dtype=torch.float32, device=hidden.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, hidden.size(0), rows):
-            end = min(start + rows, hidden.size(0))
-            z = F.linear(hidden[start:end].to(compute_dtype), w).float()  # (n, V)
-            z.clamp_(-clamp, clamp)
-            if softcap is not None:
-                z.div_(softcap).tanh_().mul_(softcap).clamp_(-clamp, clamp)
-            block_lse = torch.logsumexp(z, dim=1)
-            lse[start:end] = block_lse
-            picked = z.gather(1, safe_targets[start:end, None]).squeeze(1)
-            total += ((block_lse - picked) * valid[start:end]).sum()
-        ctx.save_for_backward(hidden, weight, targets, lse, count)
-        ctx.softcap, ctx.clamp, ctx.rows, ctx.compute_dtype = softcap, clamp, rows, compute_dtype
-        return total / count
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor) -> tuple:  # type: ignore[override]
-        hidden, weight, targets, lse, count = ctx.saved_tensors
-        softcap, clamp, rows, compute_dtype = ctx.softcap, ctx.clamp, ctx.rows, ctx.compute_dtype
-        w = weight.to(compute_dtype)
-        # d loss / d z[n, :] is scaled by this per row: zero for ignored targets
-        row_scale = (targets != -1).float() * (grad_out.float() / count)
-        safe_targets = targets.clamp(min=0)
-        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        grad_hidden = torch.empty_like(hidden) if with_grad else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if with_grad else None
         for start in range(0, hidden.size(0), rows):
             end = min(start + rows, hidden.size(0))
             h = hidden[start:end].to(compute_dtype)
-            z = F.linear(h, w).float()  # (n, V), recomputed
-            cut = z.abs() > clamp  # where the first clamp's gradient is zero
+            z = F.linear(h, w).float()  # (n, V)
+            cut = z.abs() > clamp if with_grad else None  # where the first clamp's gradient is zero
             z.clamp_(-clamp, clamp)
             tanh = None
             if softcap is not None:
-                tanh = z.div_(softcap).tanh_()  # in place: z now holds tanh(z1 / c)
+                tanh = z.div_(softcap).tanh_()  # in place: z holds tanh(z1 / c) now
                 z = tanh * softcap
                 if softcap > clamp:  # c tanh(.) < c <= L otherwise: the second clamp never cuts
-                    cut |= z.abs() > clamp
+                    if cut is not None:
+                        cut |= z.abs() > clamp
                     z.clamp_(-clamp, clamp)
-            scale = row_scale[start:end, None]
-            grad = z.sub_(lse[start:end, None]).exp_().mul_(scale)  # softmax(z) * scale, in z's memory
+            lse = torch.logsumexp(z, dim=1, keepdim=True)  # (n, 1)
             index = safe_targets[start:end, None]
+            total += ((lse - z.gather(1, index)).squeeze(1) * valid[start:end]).sum()
+            if not with_grad:
+                continue
+            scale = row_scale[start:end, None]
+            grad = z.sub_(lse).exp_().mul_(scale)  # softmax(z) * scale, in z's memory
             grad.scatter_add_(1, index, -scale)  # - onehot(target) * scale
             if tanh is not None:
                 grad.mul_(tanh.square_().neg_().add_(1))  # d c tanh(z1 / c) / d z1 = 1 - tanh^2
             grad.masked_fill_(cut, 0.0)
             grad = grad.to(compute_dtype)
-            if grad_hidden is not None:
-                grad_hidden[start:end] = grad @ w
+            grad_hidden[start:end] = grad @ w
             grad_weight += (grad.mT @ h).float()
-        if not ctx.needs_input_grad[1]:
-            grad_weight = None
-        return grad_hidden, grad_weight, None, None, None, None, None
+        if with_grad:
+            ctx.save_for_backward(grad_hidden, grad_weight)
+        return total / count
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor) -> tuple:  # type: ignore[override]
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_out, grad_weight * grad_out, None, None, None, None, None, None
 
 
 def chunked_cross_entropy(
@@ -125,5 +116,6 @@ def chunked_cross_entropy(
     if torch.is_autocast_enabled(device_type):
         compute_dtype = torch.get_autocast_dtype(device_type)
     rows = rows or max(1, BLOCK_ELEMENTS // weight.size(0))
+    with_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     with torch.autocast(device_type, enabled=False):
-        return _ChunkedCrossEntropy.apply(hidden, weight, targets, softcap, clamp, rows, compute_dtype)
+        return _ChunkedCrossEntropy.apply(hidden, weight, targets, softcap, clamp, rows, compute_dtype, with_grad)
