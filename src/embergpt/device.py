@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from dataclasses import dataclass
 
 import torch
 
@@ -61,6 +62,41 @@ def resolve_dtype(name: str | None, device: torch.device | str) -> torch.dtype:
     if dtype == torch.float16 and device.type == "cpu":
         raise DeviceError("float16 is not supported for compute on CPU; use bfloat16 or float32")
     return dtype
+
+
+@dataclass(frozen=True)
+class TrainingDefaults:
+    """What `embergpt train` runs in when neither --dtype nor --compile is given."""
+
+    dtype_name: str  # "float32" or "bfloat16" (autocast; the weights stay fp32)
+    compile: bool
+    reason: str
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later), where bf16 matmuls run on them."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, but what oneDNN itself relies on
+    return bool(probe()) if probe is not None else False
+
+
+def training_defaults(device: torch.device | str) -> TrainingDefaults:
+    """The per-device training defaults: the ONE place they are decided (measurements in docs/training.md).
+
+    - CUDA: bf16 autocast, eager. bf16 runs on the tensor cores; compile is opt-in, since on a short run its
+      minute of compiling is not won back (not measured on a GPU in this project yet: a guess, said so).
+    - CPU with AMX: bf16 autocast, eager. AMX multiplies bf16 tiles several times faster than AVX-512 fp32.
+    - CPU without AMX (AVX2 / AVX-512): fp32, eager. bf16 matmuls there are emulated or at most AVX-512-BF16
+      dot products, slower than fp32 (measured: docs/training.md); compile pays only after minutes of training.
+    - MPS and others: fp32, eager.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return TrainingDefaults("bfloat16", False, "CUDA: bf16 tensor cores")
+    if device.type == "cpu" and cpu_has_amx():
+        return TrainingDefaults("bfloat16", False, "CPU with AMX: bf16 tiles")
+    if device.type == "cpu":
+        return TrainingDefaults("float32", False, "CPU without AMX: fp32 matmuls are the fastest")
+    return TrainingDefaults("float32", False, f"{device.type}: fp32")
 
 
 def autocast(device: torch.device | str, dtype: torch.dtype) -> contextlib.AbstractContextManager:

@@ -55,8 +55,8 @@ class TrainConfig:
     # optimiser and precision
     optimizer: str = "adamw"
     grad_clip: float = 1.0  # max global grad norm; 0 disables
-    dtype: str | None = None  # float32 | bfloat16 | float16; None = bfloat16 on CUDA, float32 elsewhere
-    compile: bool = False
+    dtype: str | None = None  # float32 | bfloat16 | float16; None = the device's default (training_defaults)
+    compile: bool | None = None  # None = the device's default (embergpt.device.training_defaults)
     # evaluation
     eval_interval: int = 100  # steps between evaluations; 0 = only at the end
     eval_seconds: float | None = None  # also evaluate every this many seconds of training (not bitwise on resume)

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from embergpt.checkpoint import Checkpoint, load_checkpoint
 from embergpt.config import GPTConfig
-from embergpt.device import resolve_dtype
+from embergpt.device import resolve_dtype, training_defaults
 from embergpt.errors import CheckpointError
 from embergpt.train.checkpoints import (
     ResumePoint,
@@ -121,9 +121,11 @@ def finish_setup(
 ) -> RunSetup:
     """Place, compile and wrap `model`; build its optimizers; restore a resumed run's state."""
     device = ctx.device
+    defaults = training_defaults(device)  # the dtype and compile setting where the flags say nothing
+    dtype = resolve_dtype(cfg.dtype or defaults.dtype_name, device)
     model.to(device).train()
     raw_model = model
-    if cfg.compile:
+    if cfg.compile if cfg.compile is not None else defaults.compile:
         model = torch.compile(model)
     eval_model = model
     if ctx.enabled:
@@ -150,7 +152,7 @@ def finish_setup(
     elif ctx.rank > 0:
         torch.manual_seed(cfg.seed + 1000003 * ctx.rank)
     return RunSetup(
-        cfg=cfg, ctx=ctx, dtype=resolve_dtype(cfg.dtype, device), tokenizer=tokenizer, dataset=dataset,
+        cfg=cfg, ctx=ctx, dtype=dtype, tokenizer=tokenizer, dataset=dataset,
         sampler=sampler, model=model, raw_model=raw_model, eval_model=eval_model, model_config=model_config,
         optimizers=optimizers, state=state, resumed=point is not None, dense_targets=dense_targets,
         data_summary=data_summary, sample_prompt=sample_prompt, stop_at_bos=stop_at_bos, sample_stop=sample_stop,
