@@ -22,6 +22,7 @@ const state = {
   controller: null, // the AbortController of the request in flight (one at a time, either tab)
   metrics: null,
   retryTimer: null,
+  warming: false, // the server is compiling the model; requests wait
   chat: { messages: [] }, // finished turns sent back to the server: {role, content}
 };
 
@@ -209,18 +210,33 @@ function fillSelect(select, options) {
   select.replaceChildren(...options.map(([value, label]) => el("option", { value, text: label })));
 }
 
+// Returns whether the server is still warming up (compiling the model): requests wait until it is ready.
 async function pollHealth() {
   const dot = $("status");
+  const label = $("status-text");
+  let warming = false;
   try {
     const r = await fetch("/api/health");
     const h = await r.json();
-    dot.className = "status " + (r.ok && h.status === "ok" ? "ok" : "down");
+    warming = r.ok && h.status === "warming_up";
+    dot.className = "status " + (r.ok && h.status === "ok" ? "ok" : warming ? "warming" : "down");
     const s = h.scheduler || {};
-    dot.title = `server ok · up ${Math.round(h.uptime_seconds)} s · ${s.active || 0} running, ${s.queued || 0} queued`;
+    dot.title = warming
+      ? `warming up: compiling the model (compile ${h.compile}); requests wait until it is ready`
+      : `server ok · up ${Math.round(h.uptime_seconds)} s · ${s.active || 0} running, ${s.queued || 0} queued`;
   } catch (e) {
     dot.className = "status down";
     dot.title = "server unreachable";
   }
+  state.warming = warming;
+  label.textContent = warming ? "warming up…" : "";
+  label.hidden = !warming;
+  return warming;
+}
+
+async function healthLoop() {
+  const warming = await pollHealth();
+  setTimeout(healthLoop, warming ? 2000 : 10000);
 }
 
 async function loadMetrics() {
@@ -699,7 +715,7 @@ async function generate(event) {
   const out = $("output");
   const genText = el("span", { id: "gen-text" });
   out.replaceChildren(el("span", { class: "prompt-text", text: body.prompt }), genText, el("span", { class: "cursor" }));
-  $("gen-stats").textContent = "";
+  $("gen-stats").textContent = state.warming ? "waiting for the server's warm-up…" : "";
   setRunning(true);
   const controller = new AbortController();
   state.controller = controller;
@@ -834,7 +850,7 @@ async function sendChat(event) {
   const renderer = new ReplyRenderer(reply.bubble);
   scrollChat();
   resetView("chat");
-  $("chat-stats").textContent = "";
+  $("chat-stats").textContent = state.warming ? "waiting for the server's warm-up…" : "";
   setRunning(true);
   const controller = new AbortController();
   state.controller = controller;
@@ -974,8 +990,7 @@ function init() {
   });
   loadInfo().then(() => drawHeatmap());
   loadMetrics();
-  pollHealth();
-  setInterval(pollHealth, 10000);
+  healthLoop();
 }
 
 document.addEventListener("DOMContentLoaded", init);
