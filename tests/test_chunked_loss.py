@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from embergpt import fused_ops
 from embergpt.chunked_loss import chunked_cross_entropy
 from embergpt.config import GPTConfig
 from embergpt.model import GPT
@@ -82,7 +83,9 @@ def test_bf16_autocast_matches_the_plain_formula_under_autocast():
         torch.testing.assert_close(g, e, rtol=2e-2, atol=2e-3, msg=name)
 
 
-def test_model_training_forward_matches_its_logits():
+def test_model_training_forward_matches_its_logits(monkeypatch):
+    """The training forward (chunked loss, fused ops) against the plain formulas throughout: the logits path
+    with the fused ops switched off, then F.cross_entropy."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=61, sequence_len=16, n_layer=2, n_head=2, n_kv_head=1, n_embd=32, softcap=15.0))
     with torch.no_grad():
@@ -95,7 +98,8 @@ def test_model_training_forward_matches_its_logits():
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    logits = model(idx)  # the inference path: the whole logits
+    monkeypatch.setattr(fused_ops, "applies", lambda x: False)
+    logits = model(idx)  # the inference path: the whole logits, plain RMSNorm, RoPE and ReLU²
     reference = F.cross_entropy(logits.view(-1, 61), targets.view(-1), ignore_index=-1)
     reference.backward()
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-6)
