@@ -98,3 +98,12 @@ def next_line_items(n_items: int = 100, seed: int = 0) -> list[Any]:
                "which of 4 lines follows a line of tiny Shakespeare's held-out tail (100 items)")
 def shakespeare_next_line(ctx: TaskContext) -> dict[str, Any]:
     return run_choice_task(ctx, "shakespeare-next-line", next_line_items())
+
+
+@register_task("chat", "held-out accuracy per builtin:chat-tasks task (spell, reverse, count, arithmetic with the "
+               "calculator, identity; 50 items each), replies generated greedily by the decode core")
+def chat_tasks(ctx: TaskContext) -> dict[str, Any]:
+    from embergpt.chat.evaluate import evaluate_model
+
+    result = evaluate_model(ctx.model, ctx.tokenizer)
+    return {**result["accuracy"], "items": result["items"]}
