@@ -73,7 +73,8 @@ class Request:
 
 @dataclass
 class Event:
-    """What a row reports. kind: "prompt" (prompt_logprobs), "token", "done" or "error"."""
+    """What a row reports. kind: "prompt" (prompt_logprobs), "token", "done" or "error". A "done" after a stop
+    token carries that token (with its logprob and top_logprobs when asked), which is not a "token" event."""
 
     kind: str
     request: Request
@@ -102,6 +103,7 @@ class _Row:
         self.forced: deque[int] = deque()
         self.tool: list[int] | None = None  # tokens of an open tool call
         self.text: StopText | None = None
+        self.stop_token: tuple[int, float | None, list | None] | None = None  # (id, logprob, top) of a stop token
 
 
 class Batch:
@@ -132,6 +134,10 @@ class Batch:
         self._views: dict[tuple[int, int], SlotView] = {}
         self.tool_ids = self._tool_token_ids()
         self.counts = dict(steps=0, rows=0, prefills=0, tokens=0)
+        # a dynamic-shape compiled step (compile="default" on CPU) specializes a 1-row batch into a graph of its
+        # own; padding a lone row to 2 keeps one graph for every batch (a 2-row decode step costs ~ a 1-row one)
+        dynamic = engine.compile_mode == "default" and engine.device.type == "cpu"
+        self._min_rows = 2 if dynamic and slots >= 2 else 1
 
     # ------------------------------------------------------------------ admission
 
@@ -208,7 +214,7 @@ class Batch:
             logits = torch.cat([self.engine.model(torch.tensor([row.context], device=self.engine.device))[:, -1]
                                 for row in self.rows])
         else:
-            b = self.slots if self.fixed_slots else min(self.slots, 1 << (n - 1).bit_length())
+            b = self.slots if self.fixed_slots else min(self.slots, max(self._min_rows, 1 << (n - 1).bit_length()))
             window = self.engine.window(max(row.pos for row in self.rows) + 1, self.max_len)
             view = self._views.get((b, window))
             if view is None:
@@ -268,11 +274,12 @@ class Batch:
             row.generated.append(token)
             row.context.append(token)
             self.counts["tokens"] += 1
+            logprob, top = scores[i] if scores is not None else (None, None)
             if token in r.stop_ids and not forced:
+                row.stop_token = (token, logprob, top)  # reported on the "done" event (OpenAI's echo lists it)
                 done.append((row, "stop"))
                 continue
             text = row.text.push(token) if row.text is not None else ""
-            logprob, top = scores[i] if scores is not None else (None, None)
             events.append(Event("token", r, row.index, token=token, text=text, logprob=logprob, top_logprobs=top,
                                 forced=forced))
             if row.text is not None and row.text.stopped:
@@ -354,9 +361,11 @@ class Batch:
             if r.return_attention and reason != "cancelled":
                 ids = r.prompt_ids + [t for t in row.generated if t not in r.stop_ids]
                 attention = self.engine.attention(ids[: self.max_len])
+            stop = row.stop_token if reason == "stop" else None
             events.append(Event("done", r, row.index, text=tail, finish_reason=reason,
                                 prompt_tokens=len(r.prompt_ids), completion_tokens=len(row.generated),
-                                attention=attention))
+                                attention=attention, token=stop[0] if stop else None,
+                                logprob=stop[1] if stop else None, top_logprobs=stop[2] if stop else None))
         return events
 
     def fail_all(self, message: str) -> list[Event]:
