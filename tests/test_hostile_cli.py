@@ -1,0 +1,107 @@
+"""Hostile flags through the CLI, and the help a newcomer reads: out-of-range sampling parameters (one rule, in
+SamplingParams, shared with the server), model shapes that cannot fit, and every verb's --help."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+from hostile import assert_one_line_error, run_cli, tiny_checkpoint
+
+from embergpt.sampling import MAX_TEMPERATURE, MIN_TEMPERATURE, SamplingParams
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1e-300, 5e-324, MIN_TEMPERATURE / 2])
+def test_a_temperature_below_the_minimum_is_greedy(temperature):
+    assert SamplingParams(temperature=temperature).greedy
+    assert SamplingParams(temperature=temperature).temperature == 0.0
+    assert not SamplingParams(temperature=MIN_TEMPERATURE).greedy
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(temperature=math.nan), dict(temperature=math.inf), dict(temperature=-1e-300),
+     dict(temperature=MAX_TEMPERATURE * 2), dict(repetition_penalty=1e-300), dict(repetition_penalty=math.nan),
+     dict(repetition_penalty=1e300), dict(top_p=math.nan), dict(min_p=math.inf), dict(temperature="1")],
+)
+def test_out_of_range_sampling_params_are_one_line(kwargs):
+    with pytest.raises(ValueError) as info:
+        SamplingParams(**kwargs)
+    assert "\n" not in str(info.value) and next(iter(kwargs)) in str(info.value)
+
+
+@pytest.mark.slow
+def test_sampling_flags_through_generate(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "ck")
+    base = ["generate", "--checkpoint", str(ckpt), "--prompt", "hello", "--max-tokens", "12", "--seed", "3"]
+    greedy = run_cli(*base, "--temperature", "0", timeout=90)
+    tiny = run_cli(*base, "--temperature", "1e-300", timeout=90)
+    assert greedy.returncode == 0 and tiny.returncode == 0, tiny.stderr
+    assert tiny.stdout == greedy.stdout  # the same rule: a vanishing temperature is argmax, not an overflow
+    result = run_cli(*base, "--repetition-penalty", "1e-300", timeout=90)  # gave a "sampling failed" traceback
+    assert_one_line_error(result, "repetition_penalty")
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (dict(n_layer=1_000_000_000), ["n_layer"]),
+        (dict(n_layer=1_000_000), ["parameters needs about", "memory is available"]),
+        (dict(n_embd=1 << 20, n_head=1 << 10), ["memory is available"]),
+        (dict(seq_len=1_000_000_000), ["sequence_len"]),
+    ],
+)
+def test_shapes_that_cannot_fit_are_refused_by_the_config(flags, words):
+    from embergpt.train import TrainConfig
+
+    with pytest.raises(ValueError) as info:
+        TrainConfig(**flags)
+    assert "\n" not in str(info.value) and all(w in str(info.value) for w in words), str(info.value)
+
+
+def test_a_vocabulary_that_cannot_fit_is_refused_when_the_tokenizer_fixes_it():
+    from embergpt.train import TrainConfig
+
+    with pytest.raises(ValueError, match="bigram model of 1.0T parameters"):
+        TrainConfig(model="bigram").model_config(vocab_size=1_000_000)
+
+
+@pytest.mark.slow
+def test_shapes_that_cannot_fit_through_train_cli(tmp_path):
+    result = run_cli("train", "--n-layer", "1000000", "--steps", "1", "--out", str(tmp_path / "run"), timeout=90)
+    assert_one_line_error(result, "parameters needs about", "memory is available")
+    assert result.max_rss_mb < 1500, result.max_rss_mb
+    assert not (tmp_path / "run").exists()  # refused before anything was read or written
+
+
+# ---- --help: a description, every flag's default, an example
+
+
+def _parsers() -> list[tuple[str, argparse.ArgumentParser]]:
+    from embergpt.cli import build_parser
+
+    found, todo = [], [("embergpt", build_parser())]
+    while todo:
+        name, parser = todo.pop()
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            found.append((name, parser))
+        for sub in subs:
+            todo += [(f"{name} {verb}", p) for verb, p in sub.choices.items()]
+    return sorted(found, key=lambda item: item[0])
+
+
+MINE = ("embergpt tokenizer", "embergpt train")  # the verbs whose help this file checks in full
+
+
+@pytest.mark.parametrize("name", [n for n, _ in _parsers() if n.startswith(MINE)])
+def test_help_has_a_description_every_default_and_an_example(name):
+    parser = dict(_parsers())[name]
+    assert parser.description, name
+    assert "example" in (parser.epilog or "").lower(), name
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction) or action.required:
+            continue
+        assert "default" in (action.help or "").lower(), (name, action.option_strings)
+    assert "Shakespeare" in parser.format_help() or "tokenizer" in name  # train says what --data defaults to
