@@ -121,6 +121,7 @@ class Batch:
         max_len: int | None = None,
         fixed_slots: bool = False,
         vocab_limit: int | None = None,
+        reuse_prefix: bool = False,
     ) -> None:
         if slots < 1:
             raise ValueError(f"a batch needs at least one slot, got {slots}")
@@ -133,7 +134,13 @@ class Batch:
         self.rows: list[_Row] = []
         self._views: dict[tuple[int, int], SlotView] = {}
         self.tool_ids = self._tool_token_ids()
-        self.counts = dict(steps=0, rows=0, prefills=0, tokens=0)
+        self.counts = dict(steps=0, rows=0, prefills=0, tokens=0, prefill_tokens=0, reused_tokens=0)
+        # reuse_prefix (a one-slot batch: a chat session): the slot's cache keeps what the last row left in it,
+        # and a new prompt that starts with those tokens only prefills the rest
+        if reuse_prefix and slots != 1:
+            raise ValueError("reuse_prefix needs a batch of one slot")
+        self.reuse_prefix = reuse_prefix and self.cache is not None
+        self._cached_ids: list[int] = []
         # a dynamic-shape compiled step (compile="default" on CPU) specializes a 1-row batch into a graph of its
         # own; padding a lone row to 2 keeps one graph for every batch (a 2-row decode step costs ~ a 1-row one)
         dynamic = engine.compile_mode == "default" and engine.device.type == "cpu"
@@ -169,8 +176,14 @@ class Batch:
             ids[i, : lengths[i]] = torch.tensor(r.prompt_ids, dtype=torch.long)
         ids = ids.to(engine.device)
         self.counts["prefills"] += 1
-        if self.cache is not None:
-            self.cache.pos[start : start + len(requests)] = 0
+        reused = self._reusable(requests[0]) if self.reuse_prefix else 0
+        self.counts["reused_tokens"] += reused
+        self.counts["prefill_tokens"] += sum(lengths) - reused
+        if reused:  # only the new tokens go through the model; logits [1, T_new, V] are those of the prompt's end
+            new_logits, _ = engine.prefill(ids[:, reused:], [lengths[0] - reused], self.cache, start=start,
+                                           all_logits=True, offset=reused)
+            logits = torch.cat([new_logits.new_zeros(1, reused, new_logits.size(-1)), new_logits], 1)
+        elif self.cache is not None:
             logits, _ = engine.prefill(ids, lengths, self.cache, start=start, all_logits=True)
         else:
             logits = engine.model(ids)
@@ -195,6 +208,19 @@ class Batch:
                 row_logits.append(last[i])
         self.rows.extend(new_rows)
         return events + self._accept(torch.stack(row_logits), new_rows)
+
+    def _reusable(self, request: Request) -> int:
+        """How many leading tokens of `request`'s prompt the one slot's cache already holds (at least one token
+        is always prefilled: its logits start the reply)."""
+        prompt, cached = request.prompt_ids, self._cached_ids
+        if request.prompt_logprobs is not None or request.n != 1:
+            return 0
+        common = 0
+        for a, b in zip(prompt, cached):
+            if a != b:
+                break
+            common += 1
+        return min(common, len(prompt) - 1)
 
     # ------------------------------------------------------------------ one decode step
 
@@ -350,6 +376,9 @@ class Batch:
             self.rows.pop()
             if self.cache is not None:
                 self.cache.pos[last] = 0
+        if self.reuse_prefix:
+            row = done[-1][0]
+            self._cached_ids = row.context[: row.pos]  # what the slot's cache holds now
         events = []
         for row, reason in done:
             r = row.request

@@ -41,6 +41,7 @@ class Finish:
     completion_tokens: int
     attention: list[torch.Tensor] | None = None
     index: int = 0
+    stop_token: TokenPiece | None = None  # the stop token that ended the sample (not part of the text)
 
 
 @dataclass
@@ -147,8 +148,10 @@ class Generation:
                     elif ev.kind == "done":
                         self.texts[ev.index] += ev.text
                         reason = "stop" if ev.finish_reason == "cancelled" else ev.finish_reason
+                        stop = None if ev.token is None else TokenPiece(
+                            ev.token, self.token_text(ev.token), "", ev.index, ev.logprob, ev.top_logprobs)
                         batch.append(Finish(reason, ev.text, ev.prompt_tokens, ev.completion_tokens, ev.attention,
-                                            ev.index))
+                                            ev.index, stop))
                         open_samples -= 1
                     else:
                         raise ApiError(500, "generation_failed", f"generation failed: {ev.error}")
