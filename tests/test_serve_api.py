@@ -330,8 +330,8 @@ def test_rate_limit_charges_valid_requests_only(limited_server):
         assert post(url, "/api/generate", {"prompt": "A", "max_tokens": 1}).status_code == 200
     r = post(url, "/v1/completions", {"prompt": "A", "max_tokens": 1})
     assert r.status_code == 429
-    body = error_of(r)
-    assert body["error"] == "rate_limited" and 0 < body["retry_after_seconds"] <= 2
+    body = r.json()["error"]  # OpenAI's shape on /v1
+    assert (body["code"], body["type"]) == ("rate_limited", "rate_limit_error") and 0 < body["retry_after_seconds"] <= 2
     assert int(r.headers["Retry-After"]) >= 1
     for path in ("/api/health", "/api/info"):  # exempt
         assert all(httpx.get(url + path).status_code == 200 for _ in range(5))

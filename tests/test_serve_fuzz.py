@@ -12,6 +12,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
+from embergpt.serve.api_errors import is_openai_path
+
 pytest_plugins = ["serve_fixtures"]
 
 EXAMPLES = 50
@@ -34,7 +36,11 @@ def fuzz(operation, mode: GenerationMode, base_url: str, seen: dict[str, set[int
         seen.setdefault(operation.label, set()).add(response.status_code)
         assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.text[:300]}"
         if response.status_code >= 400:
-            assert isinstance(response.json().get("error"), str), response.text[:300]
+            error = response.json().get("error")
+            if is_openai_path(case.formatted_path):  # OpenAI's shape: {"error": {"message", "type", "param", "code"}}
+                assert isinstance(error, dict) and isinstance(error.get("code"), str), response.text[:300]
+            else:
+                assert isinstance(error, str), response.text[:300]
 
     check()
 

@@ -57,6 +57,7 @@ class BodyLimitMiddleware:
             413,
             "body_too_large",
             f"the request body exceeds {self.max_bytes} bytes (the prompt limit plus 4 KiB)",
+            scope.get("path", ""),
             max_bytes=self.max_bytes,
             actual_bytes_at_least=size,
         )
