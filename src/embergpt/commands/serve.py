@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads for the model (default: torch's choice)"
     )
+    parser.add_argument("--accept-any-model", action="store_true", default=None,
+                        help="answer /v1 requests whatever their `model` names (default: only the served model's id; "
+                        "others get 404 model_not_found) [EMBERGPT_ACCEPT_ANY_MODEL]")
     parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     limits = parser.add_argument_group("limits (each also settable as EMBERGPT_<NAME>; the flag wins)")
     for name, (kind, help_text) in _LIMITS.items():
@@ -80,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     settings = resolve_settings({**{name: getattr(args, name) for name in _LIMITS},
-                                 "compile": args.compile, "dtype": args.dtype})
+                                 "compile": args.compile, "dtype": args.dtype,
+                                 "accept_any_model": args.accept_any_model})
     warning = network_warning(args.host)
     if warning:
         print(warning, file=sys.stderr, flush=True)

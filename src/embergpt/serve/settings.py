@@ -20,6 +20,8 @@
   The decode core:
     compile                 --compile                 EMBERGPT_COMPILE                   auto (off|default|max-autotune)
     dtype                   --dtype                   EMBERGPT_DTYPE                     auto (float32|bfloat16|float16)
+  The OpenAI API:
+    accept_any_model        --accept-any-model        EMBERGPT_ACCEPT_ANY_MODEL          off (another `model`: 404)
   "auto" is the configuration `embergpt bench serve` measured fastest for the device (embergpt.inference.defaults).
 
 The request body is capped at max_prompt_bytes + 4 KiB (BODY_OVERHEAD_BYTES). X-Forwarded-For is believed only from
@@ -40,7 +42,7 @@ from typing import Any
 BODY_OVERHEAD_BYTES = 4096
 ENV_PREFIX = "EMBERGPT_"
 MAX_SECONDS = 86400.0  # a timeout of more than a day is a typo
-NOT_LIMITS = ("forwarded_allow_ips", "compile", "dtype")
+NOT_LIMITS = ("forwarded_allow_ips", "compile", "dtype", "accept_any_model")
 COMPILE_CHOICES = ("auto", "off", "default", "max-autotune")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # settings that are not published as limits in /api/info
 
@@ -66,6 +68,7 @@ class ServeSettings:
     forwarded_allow_ips: str = ""
     compile: str = "auto"
     dtype: str = "auto"
+    accept_any_model: bool = False
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -79,6 +82,8 @@ class ServeSettings:
         trusted_proxies(self.forwarded_allow_ips)  # raises on a malformed entry
         if self.compile not in COMPILE_CHOICES:
             raise ValueError(f"compile must be one of {', '.join(COMPILE_CHOICES)}, got {self.compile!r}")
+        if not isinstance(self.accept_any_model, bool):
+            raise ValueError(f"accept_any_model must be true or false, got {self.accept_any_model!r}")
         if self.dtype not in DTYPE_CHOICES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}")
 
@@ -137,10 +142,16 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-_KINDS: dict[str, type] = {"int": int, "float": float, "str": str}
+_KINDS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
 def _parse(name: str, text: str, kind: type) -> Any:
+    if kind is bool:
+        if text.strip().lower() not in _BOOLS:
+            raise ValueError(f"environment variable {env_var(name)}={text!r} is not 1/true/yes/on or 0/false/no/off; "
+                             "fix or unset it")
+        return _BOOLS[text.strip().lower()]
     try:
         return kind(text.strip())
     except ValueError:
