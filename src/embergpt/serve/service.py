@@ -22,6 +22,7 @@ from embergpt.inference.scheduler import Scheduler
 from embergpt.sampling import SamplingParams
 from embergpt.serve.api_errors import ApiError
 from embergpt.serve.handoff import Generation, LoopMailbox
+from embergpt.serve.prometheus import ServeStats
 from embergpt.serve.rate_limit import TokenBucketLimiter, client_key
 from embergpt.serve.settings import ServeSettings
 from embergpt.serve.training_metrics import read_metrics
@@ -79,6 +80,7 @@ class ModelService:
         self._mailboxes: dict[asyncio.AbstractEventLoop, LoopMailbox] = {}
         self.created = int(time.time())
         self.weights_sha256 = self._weights_sha256()
+        self.stats = ServeStats()
 
     # ---- identity
 
@@ -295,7 +297,9 @@ class ModelService:
         mailbox = self._mailboxes.get(loop)
         if mailbox is None:
             mailbox = self._mailboxes[loop] = LoopMailbox(loop)
-        return Generation(self.scheduler, self.tokenizer, spec, mailbox).start()
+        gen = Generation(self.scheduler, self.tokenizer, spec, mailbox)
+        self.stats.track(spec)  # prompt tokens and time to first token, for GET /metrics
+        return gen.start()
 
     def close(self) -> None:
         self.scheduler.close()
