@@ -29,7 +29,7 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bf
     """An approximately orthogonal matrix with g's singular vectors: g [..., rows, cols] -> same shape and dtype
     (a batch of matrices is orthogonalised at once)."""
     a, b, c = NS_COEFFICIENTS
-    x = g.to(dtype)
+    x = g.to(dtype).reshape(-1, *g.shape[-2:])  # (batch, rows, cols)
     wide = x.size(-2) <= x.size(-1)
     if not wide:
         x = x.mT  # iterate on the side whose Gram matrix x x^T is smaller
@@ -37,10 +37,12 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bf
     x = x / (torch.linalg.matrix_norm(x, keepdim=True) + 1e-7)
     for _ in range(steps):
         gram = x @ x.mT
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        # the iteration's scalings and sums ride on the matmuls (baddbmm: beta * input + alpha * m1 @ m2)
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b gram + c gram^2
+        x = torch.baddbmm(x, poly, x, beta=a)  # a x + poly x
     if not wide:
         x = x.mT
-    return x.to(g.dtype)
+    return x.reshape(g.shape).to(g.dtype)
 
 
 class Muon(torch.optim.Optimizer):
