@@ -54,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=5, metavar="N", help="timed steps per variant (default 5)")
     parser.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed steps first (default 2)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: the best available)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads (default: torch's); 1 is steadier on cores shared with other work")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     parser.add_argument("--no-hf", action="store_true", help="skip the HF transformers Llama baseline")
     parser.add_argument("--hf-compile", action="store_true", help="also time HF's Llama under torch.compile")
@@ -164,13 +166,13 @@ def measure_step_memory(name: str, device: Any, batch_size: int) -> int:
     return _rss_bytes("VmHWM") - base
 
 
-def _memory_in_subprocess(name: str, device: Any, batch_size: int) -> int | None:
+def _memory_in_subprocess(name: str, device: Any, batch_size: int, threads: int) -> int | None:
     """measure_step_memory in a fresh interpreter; None where it cannot be measured (not Linux, a failure)."""
     if not os.path.exists("/proc/self/clear_refs"):
         return None
     # every block >= 64 KiB is mmap'ed and unmapped when freed: the resident set then follows live memory
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    cmd = [sys.executable, "-m", "embergpt.bench.train", name, str(device), str(batch_size)]
+    cmd = [sys.executable, "-m", "embergpt.bench.train", name, str(device), str(batch_size), str(threads)]
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=_MEMORY_CHILD_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -186,11 +188,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from embergpt.device import resolve_device, training_defaults
     from embergpt.train.flops import measure_matmul_flops
 
+    threads = 1 if args.threads is None else args.threads
     for flag, value, least in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1),
-                               ("--warmup", args.warmup, 0)):
+                               ("--warmup", args.warmup, 0), ("--threads", threads, 1)):
         if value < least:
             raise ValueError(f"{flag} must be >= {least}, got {value}")
     device = resolve_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     defaults = training_defaults(device)
     default_dt = "bf16" if defaults.dtype_name == "bfloat16" else "fp32"
     default_name = f"gpt-{default_dt}-{'compiled' if defaults.compile else 'eager'}"
@@ -259,7 +264,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if device.type == "cuda":
                 memory[name] = measure_step_memory(name, device, B)
             else:
-                memory[name] = _memory_in_subprocess(name, device, B)
+                memory[name] = _memory_in_subprocess(name, device, B, torch.get_num_threads())
 
     results: dict[str, Any] = {}
     for name in variants:
@@ -330,8 +335,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-if __name__ == "__main__":  # the per-variant memory subprocess: python -m embergpt.bench.train NAME DEVICE BATCH
+if __name__ == "__main__":  # the memory subprocess: python -m embergpt.bench.train NAME DEVICE BATCH THREADS
     import torch
 
     _name, _device, _batch = sys.argv[1], torch.device(sys.argv[2]), int(sys.argv[3])
+    torch.set_num_threads(int(sys.argv[4]))
     print(json.dumps({"peak_step_bytes": measure_step_memory(_name, _device, _batch)}))
