@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a GPT (or a teaching-ladder model) on a text source"),
     "sft": ("sft", "fine-tune a pretrained checkpoint on conversations (builtin:chat-tasks or JSONL)"),
     "generate": ("generate", "generate text from a checkpoint"),
+    "chat": ("chat", "talk to a chat model (after `embergpt sft`): a REPL, or one reply with --prompt"),
     "serve": ("serve", "serve a checkpoint over HTTP with a web UI"),
     "micro": ("micro", "train the pure-Python micro GPT on names"),
     "bench": ("bench", "run a benchmark and print JSON"),

@@ -135,10 +135,12 @@ class Engine:
         return_attention: bool = False,
         start: int = 0,
         all_logits: bool = False,
+        offset: int = 0,
     ) -> Any:
         """Run the prompts [B, T] (right-padded; `lengths` per row, default all T) through the model in one pass,
         into rows start..start+B-1 of `cache` (default: a new cache of B rows sized to T + max_new_tokens, or to
-        sequence_len), whose positions must be 0 there.
+        sequence_len). The rows' caches must hold `offset` tokens already (0: empty; more: a prefix reused from
+        an earlier turn, see Batch(reuse_prefix=True)): the prompts are their continuations.
 
         Returns (logits [B, V] at each row's last real token, cache), or the logits of every position [B, T, V]
         when all_logits, plus the attention (a list per layer of [B, H, T, T_window]) when return_attention.
@@ -153,14 +155,15 @@ class Engine:
         if cache is None:
             max_len = None if max_new_tokens is None else self.cache_len(T, max_new_tokens)
             cache = self.new_cache(B, max_len)
-        if cache.max_len < T:
-            raise ValueError(f"KV cache full: a prompt of {T} tokens exceeds max_len={cache.max_len}; "
+        if cache.max_len < offset + T:
+            raise ValueError(f"KV cache full: a prompt of {offset + T} tokens exceeds max_len={cache.max_len}; "
                              "use a shorter prompt")
-        view = SlotView(cache, start, B, self.window(T, cache.max_len))
+        cache.pos[start : start + B] = offset
+        view = SlotView(cache, start, B, self.window(offset + T, cache.max_len))
         out = self.model(ids, kv_cache=view, return_attention=return_attention)
         logits, attention = out if return_attention else (out, None)
-        cache.pos[start : start + B] = torch.tensor(lengths, device=self.device)
-        cache.max_pos = max(cache.max_pos, max(lengths))
+        cache.pos[start : start + B] = torch.tensor(lengths, device=self.device) + offset
+        cache.max_pos = max(cache.max_pos, offset + max(lengths))
         if not all_logits:
             last = torch.tensor(lengths, device=self.device) - 1
             logits = logits[torch.arange(B, device=self.device), last]
