@@ -133,15 +133,20 @@ def tool_server(tmp_path_factory: pytest.TempPathFactory):
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=tok.vocab_size, sequence_len=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)
     model = GPT(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-2)
     x, y = torch.tensor([ids[:-1]]), torch.tensor([ids[1:]])
-    for _ in range(200):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 38-token batch: more threads only wait on each other (10x slower on a busy CPU)
+    for step in range(300):
         loss = model(x, targets=y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if loss.item() < 0.01:
-            break
+        if step % 5 == 4 and loss.item() < 0.05:  # margin enough that cached and plain decoding agree
+            with torch.no_grad():
+                if model(x).argmax(-1)[0].tolist() == ids[1:]:
+                    break
+    torch.set_num_threads(threads)
     model.eval()
     with torch.no_grad():
         assert model(x).argmax(-1)[0].tolist() == ids[1:]  # learnt by heart: greedy decoding replays it
