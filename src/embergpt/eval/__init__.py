@@ -14,7 +14,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "text_loss": "embergpt.eval.text_loss",
+    "text_loss": "embergpt.eval.text_metrics",
     "ChoiceItem": "embergpt.eval.multiple_choice",
     "read_choice_items": "embergpt.eval.multiple_choice",
     "score_choices": "embergpt.eval.multiple_choice",

@@ -10,7 +10,7 @@ from typing import Any
 from embergpt.eval.multiple_choice import read_choice_items
 from embergpt.eval.progress import progress_printer
 from embergpt.eval.tasks import TASKS, TaskContext, run_choice_task
-from embergpt.eval.text_loss import text_loss
+from embergpt.eval.text_metrics import text_loss
 
 
 def evaluate_checkpoint(

@@ -86,6 +86,7 @@ def next_line_items(n_items: int = 100, seed: int = 0) -> list[Any]:
     rng = random.Random(seed)
     items = []
     for context, answer in rng.sample(pairs, min(n_items, len(pairs))):
+        context = context.rstrip()  # no trailing space to move into the choices (see multiple_choice.encode_pair)
         other, scrambled = rng.sample([line for line in pool if line != answer], 2)
         choices = [_shuffle_words(answer, rng), _shuffle_letters(scrambled, rng), other]
         gold = rng.randrange(4)

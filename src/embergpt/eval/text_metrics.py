@@ -17,7 +17,7 @@ def text_loss(
     model: torch.nn.Module,
     tokenizer: Any,
     text: str,
-    batch_size: int = 8,
+    batch_size: int = 16,
     max_tokens: int | None = None,
     val_fraction: float | None = None,
     progress: ProgressFn | None = None,
