@@ -20,10 +20,11 @@ const state = {
   tab: "generate",
   views: { generate: emptyView(), chat: emptyView() },
   controller: null, // the AbortController of the request in flight (one at a time, either tab)
+  running: null, // which tab's request that is: "generate" | "chat"
   metrics: null,
   retryTimer: null,
   warming: false, // the server is compiling the model; requests wait
-  chat: { messages: [] }, // finished turns sent back to the server: {role, content}
+  chat: { messages: [], epoch: 0 }, // finished turns sent back to the server: {role, content}; epoch: Clear count
 };
 
 const view = () => state.views[state.tab];
@@ -112,7 +113,7 @@ function clearError() {
   if (state.retryTimer) {
     clearInterval(state.retryTimer);
     state.retryTimer = null;
-    setRunning(false);
+    setRunning(null);
   }
 }
 
@@ -156,7 +157,7 @@ function startRetryCountdown(seconds) {
     if (left <= 0) {
       clearInterval(state.retryTimer);
       state.retryTimer = null;
-      setRunning(false);
+      setRunning(null);
       $("error").hidden = true;
     } else {
       label();
@@ -414,19 +415,21 @@ function reportHttpError(result) {
   if (rateLimited) startRetryCountdown(result.retryAfter);
 }
 
-function setRunning(running) {
+// kind: "generate" or "chat" while that tab's request runs, null when none does (one request at a time).
+function setRunning(kind) {
+  state.running = kind;
   if (state.retryTimer) return; // the countdown owns the buttons
-  $("generate").disabled = running;
-  $("generate").textContent = running && state.tab === "generate" ? "Generating…" : "Generate";
-  $("chat-send").disabled = running;
+  $("generate").disabled = kind != null;
+  $("generate").textContent = kind === "generate" ? "Generating…" : "Generate";
+  $("chat-send").disabled = kind != null;
   $("chat-send").textContent = "Send";
-  $("stop").disabled = !running;
-  $("chat-stop").disabled = !running;
-  if (!running) document.querySelectorAll(".cursor").forEach((c) => c.remove());
+  $("stop").disabled = kind !== "generate";
+  $("chat-stop").disabled = kind !== "chat";
+  if (kind == null) document.querySelectorAll(".cursor").forEach((c) => c.remove());
 }
 
-function stop() {
-  if (state.controller) state.controller.abort();
+function stop(kind) {
+  if (state.controller && state.running === kind) state.controller.abort();
 }
 
 // ---------------------------------------------------------------- the token inspector
@@ -716,7 +719,7 @@ async function generate(event) {
   const genText = el("span", { id: "gen-text" });
   out.replaceChildren(el("span", { class: "prompt-text", text: body.prompt }), genText, el("span", { class: "cursor" }));
   $("gen-stats").textContent = state.warming ? "waiting for the server's warm-up…" : "";
-  setRunning(true);
+  setRunning("generate");
   const controller = new AbortController();
   state.controller = controller;
   const started = performance.now();
@@ -746,7 +749,7 @@ async function generate(event) {
     else showError("The connection to the server failed: " + e.message);
   } finally {
     if (state.controller === controller) state.controller = null;
-    setRunning(false);
+    setRunning(null);
   }
 }
 
@@ -848,10 +851,11 @@ async function sendChat(event) {
   const reply = chatMessage("assistant", "");
   reply.bubble.append(el("span", { class: "cursor" }));
   const renderer = new ReplyRenderer(reply.bubble);
+  const epoch = state.chat.epoch;
   scrollChat();
   resetView("chat");
   $("chat-stats").textContent = state.warming ? "waiting for the server's warm-up…" : "";
-  setRunning(true);
+  setRunning("chat");
   const controller = new AbortController();
   state.controller = controller;
   const started = performance.now();
@@ -899,8 +903,9 @@ async function sendChat(event) {
     else showError("The connection to the server failed: " + e.message);
   } finally {
     if (state.controller === controller) state.controller = null;
-    setRunning(false);
+    setRunning(null);
   }
+  if (epoch !== state.chat.epoch) return;
   if (!finished && !count) {
     // Nothing came back: the turn stays on screen, greyed, but is not part of the conversation sent next time.
     user.node.classList.add("failed");
@@ -912,7 +917,8 @@ async function sendChat(event) {
 }
 
 function clearChat() {
-  stop();
+  stop("chat");
+  state.chat.epoch += 1; // a reply still finishing its abort must not land in the new conversation
   state.chat.messages = [];
   $("messages").replaceChildren(el("div", { class: "placeholder", id: "chat-empty", text: "Send a message to start a conversation." }));
   $("chat-stats").textContent = "";
@@ -926,7 +932,7 @@ function showTab(name) {
   document.body.dataset.tab = name;
   for (const tab of document.querySelectorAll(".tab")) tab.setAttribute("aria-selected", String(tab.dataset.tab === name));
   $("tooltip").hidden = true;
-  setRunning(state.controller != null);
+  setRunning(state.running);
   renderInspector();
   drawLoss();
 }
@@ -943,9 +949,9 @@ function init() {
   linkPair("top-p-range", "top-p");
   for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showTab(tab.dataset.tab));
   $("prompt-form").addEventListener("submit", generate);
-  $("stop").addEventListener("click", stop);
+  $("stop").addEventListener("click", () => stop("generate"));
   $("chat-form").addEventListener("submit", sendChat);
-  $("chat-stop").addEventListener("click", stop);
+  $("chat-stop").addEventListener("click", () => stop("chat"));
   $("chat-clear").addEventListener("click", clearChat);
   $("error-close").addEventListener("click", clearError);
   $("seed-dice").addEventListener("click", () => ($("seed").value = Math.floor(Math.random() * 1e6)));
