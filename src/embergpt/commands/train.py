@@ -97,7 +97,7 @@ Without --data it trains on builtin:shakespeare. Every flag can also be set by t
 prints its own line."""
 
 EXAMPLE = """examples:
-  embergpt train --data builtin:names --steps 300 --out runs/names        (about 1 minute on a laptop CPU)
+  embergpt train --data builtin:names --steps 300 --out runs/names        (about 2 minutes on a 2-core CPU)
   embergpt train --demo                                                     (the `make demo` run, ~2 minutes)
   embergpt train --resume runs/names/final --steps 600                      (continue a run, bit for bit on CPU)"""
 
