@@ -82,7 +82,10 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             grad.masked_fill_(cut, 0.0)
             grad = grad.to(compute_dtype)
             grad_hidden[start:end] = grad @ w
-            grad_weight += (grad.mT @ h).float()
+            if grad.dtype == torch.float32:
+                grad_weight.addmm_(grad.mT, h)  # in place: no [V, C] temporary per block
+            else:
+                grad_weight += (grad.mT @ h).float()
         if with_grad:
             ctx.save_for_backward(grad_hidden, grad_weight)
         return total / count
