@@ -46,6 +46,8 @@ class ChatSession:
         self.seed = seed
         self.reuse_cache = reuse_cache
         self.special = tok.special_tokens
+        # a reply ends at <|assistant_end|> (or <|bos|>); the chat benchmark empties this to decode alike
+        self.stop_ids = frozenset({self.special["<|assistant_end|>"], self.special["<|bos|>"]})
         self.ids: list[int] = []  # the conversation so far
         self.turns = 0
         self._batch = engine.batch(1, reuse_prefix=reuse_cache)
@@ -82,7 +84,7 @@ class ChatSession:
                              f"{self.engine.sequence_len}: /clear it to go on")
         seed = None if self.seed is None else self.seed + self.turns
         request = Request(prompt, min(self.max_new_tokens, room - 1), self.sampling, seed,
-                          stop_ids=frozenset({sp["<|assistant_end|>"], sp["<|bos|>"]}), tools=True, text=True)
+                          stop_ids=self.stop_ids, tools=True, text=True)
         if not self.reuse_cache:
             self._batch._cached_ids = []
         generated: list[int] = []

@@ -12,6 +12,7 @@ BENCHMARKS: dict[str, str] = {
     "train": "training-step tok/s and MFU against the measured matmul peak",
     "decode": "KV-cache decode tok/s against HF transformers",
     "serve": "concurrent streaming clients against a local server",
+    "chat": "multi-turn chat with the KV cache kept between turns against re-prefilling the history",
     "micro": "pure-Python micro GPT training speed",
 }
 
