@@ -95,7 +95,12 @@ def compile_step(step: Callable, mode: str, device: torch.device,
                                  dynamic=False, fullgraph=True)
         return compiled
     if mode == "default":
-        # dynamic shapes: one graph for every batch size and window (the GEMMs are aten/oneDNN calls either way)
+        # dynamic shapes: a few graphs for every batch size and window (the GEMMs are aten/oneDNN calls either
+        # way). Without duck shaping a batch of 2 is not tied to another dimension that happens to be 2.
+        import torch.fx.experimental._config as fx_config
+
+        if hasattr(fx_config, "use_duck_shape"):
+            fx_config.use_duck_shape = False
         return torch.compile(_own_code(step), dynamic=True, fullgraph=True)
     compiled = torch.compile(_own_code(step), dynamic=False, fullgraph=True)
     import torch._inductor.config as inductor_config

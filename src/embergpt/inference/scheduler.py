@@ -188,9 +188,10 @@ class Scheduler:
             buckets = [self.max_batch] if self.batch.fixed_slots else sorted(
                 {min(self.max_batch, max(least, 1 << k)) for k in range(self.max_batch.bit_length() + 1)})
             sizes = sorted({engine.window(w, self.cache.max_len) for w in range(1, self.cache.max_len + 1)})
-            if engine.compile_mode == "default" and engine.device.type == "cpu":
-                # dynamic shapes: one graph serves every batch >= 2 and window; meet it twice to be sure
-                sizes, buckets = sizes[:2], buckets[:2]
+            if engine.compile_mode == "default" and engine.device.type == "cpu" and len(sizes) > 3:
+                # dynamic shapes: a few graphs serve every batch and window (dynamo specializes the first shape
+                # and a window that is the whole cache); the other windows reuse them at no cost
+                sizes = [sizes[0], sizes[1], sizes[-1]]
             sizes = sizes[:windows] if windows else sizes
             with torch.inference_mode():
                 for b in buckets:
