@@ -225,3 +225,32 @@ def test_a_good_checkpoint_still_loads_and_matches(ckpt):
     fresh = GPT(loaded.config)
     for name, tensor in fresh.state_dict().items():
         assert torch.equal(tensor, loaded.model.state_dict()[name]), name
+
+
+# ---- the run's other files: metrics.jsonl (read by `--model compare`), a config file
+
+
+def test_a_hostile_metrics_log_is_one_line(tmp_path):
+    from embergpt.errors import InputFileError
+    from embergpt.train.metrics import read_metrics
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"kind": "train", "step": 1, "train_loss": 2.5}\n')
+    assert read_metrics(log) == [{"kind": "train", "step": 1, "train_loss": 2.5}]
+    for line, words in [("[" * 100_000, ["line 2", "nested"]), ("[1, 2]", ["line 2", "must be an object"]),
+                        ('{"step": NaN}', ["line 2", "not valid JSON"])]:
+        log.write_text('{"kind": "train", "step": 1}\n' + line + "\n")
+        with pytest.raises(InputFileError) as info:
+            read_metrics(log)
+        assert_one_line(str(info.value), "metrics log", *words)
+    with pytest.raises(InputFileError, match="character device"):
+        read_metrics("/dev/zero")
+
+
+def test_a_config_file_is_bounded():
+    from embergpt.errors import InputFileError
+
+    with pytest.raises(InputFileError, match="character device"):
+        GPTConfig.load("/dev/zero")
+    with pytest.raises(InputFileError, match="nested"):
+        GPTConfig.from_json("[" * 100_000)

@@ -88,14 +88,20 @@ class GPTConfig:
 
     @classmethod
     def from_json(cls, text: str) -> GPTConfig:
-        return cls.from_dict(json.loads(text))
+        """A config from JSON text, bounded in size and depth, checked to be an object (ValueError otherwise)."""
+        from embergpt.bounded_json import expect_object, loads
+
+        return cls.from_dict(expect_object(loads(text, what="model config", max_bytes=1 << 20), "model config"))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> GPTConfig:
-        return cls.from_json(Path(path).read_text())
+        """The config in a JSON file: only a regular file of at most 1 MiB (InputFileError otherwise)."""
+        from embergpt.input_files import read_regular_text
+
+        return cls.from_json(read_regular_text(path, max_bytes=1 << 20, what="model config file"))
 
     def replace(self, **changes: Any) -> GPTConfig:
         return dataclasses.replace(self, **changes)

@@ -41,8 +41,23 @@ class MetricsLog:
         return next((r for r in reversed(self.records) if r.get("kind") == kind), None)
 
 
+MAX_LOG_BYTES = 256 << 20
+MAX_RECORD_BYTES = 64 << 10
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a metrics.jsonl: only a regular file of at most MAX_LOG_BYTES, each line a flat JSON object
+    (bounded in size and depth); InputFileError names the file and line otherwise."""
+    from embergpt.bounded_json import expect_object, loads
+    from embergpt.input_files import read_regular_text
+
+    text = read_regular_text(path, max_bytes=MAX_LOG_BYTES, what="metrics log")
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            where = f"metrics log {str(path)!r} line {number}"
+            records.append(expect_object(loads(line, what=where, max_bytes=MAX_RECORD_BYTES, max_depth=2), where))
+    return records
 
 
 def _figure(width: float = 7.0, height: float = 4.2) -> Any:
