@@ -595,3 +595,14 @@ def test_ladder_models_are_served_without_a_cache(kind):
             assert [f.result(timeout=60) for f in futures] == [reference_generate(model, *job) for job in jobs]
     finally:
         scheduler.close()
+
+
+def test_a_request_ending_on_a_stop_string_counts_as_completed(server_url):
+    before = httpx.get(server_url + "/api/health").json()["scheduler"]
+    full = post(server_url, "/api/generate", {"prompt": "KING:", "max_tokens": 40, "temperature": 0.0}).json()
+    stop = full["generated"][5:8]  # text the greedy output surely contains
+    r = post(server_url, "/api/generate", {"prompt": "KING:", "max_tokens": 40, "temperature": 0.0, "stop": [stop]})
+    body = r.json()
+    assert body["finish_reason"] == "stop" and body["generated"] == full["generated"][: full["generated"].index(stop)]
+    after = httpx.get(server_url + "/api/health").json()["scheduler"]
+    assert after["completed"] - before["completed"] == 2 and after["cancelled"] == before["cancelled"]

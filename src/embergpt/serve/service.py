@@ -219,7 +219,9 @@ class ModelService:
             raise ApiError(
                 400,
                 "context_length_exceeded",
-                f"{prompt_len} prompt tokens + max_tokens {max_tokens} exceed the model's sequence_len {seq}",
+                f"{prompt_len} prompt tokens + max_tokens {max_tokens} exceed the model's sequence_len {seq}; "
+                f"ask for at most {max(0, seq - prompt_len)} tokens (the API answers within one context: unlike "
+                "`embergpt generate`, it does not shift the context to write more)",
                 prompt_tokens=prompt_len,
                 max_tokens=max_tokens,
                 sequence_len=seq,
