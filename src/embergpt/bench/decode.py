@@ -32,14 +32,22 @@ GOAL_BATCH_SCALING = 8.0
 MODES = {"eager": False, "compiled": "default", "max-autotune": "max-autotune"}  # --modes name -> Engine(compile=)
 
 
+EXAMPLE = """example (the eager fp32 and bf16 rows only, no HF baseline: a few minutes on a 2-core CPU; the full default
+run compiles three ways and takes much longer):
+  embergpt bench decode --modes eager --no-hf --repeats 1 --json"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="bench", help="model shape from embergpt.config.PRESETS (default bench)")
-    parser.add_argument("--prompt-len", type=int, default=16)
-    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--prompt-len", type=int, default=16,
+                        help="tokens of (random) prompt prefilled before decoding (default 16)")
+    parser.add_argument("--new-tokens", type=int, default=256,
+                        help="tokens decoded per measurement, the tok/s numerator (default 256)")
     parser.add_argument("--batch", type=int, default=16, help="the large batch for aggregate tok/s (default 16)")
     parser.add_argument("--positions", default="64,1024", help="positions for per-token latency (default 64,1024)")
-    parser.add_argument("--latency-steps", type=int, default=32, help="decode steps timed at each position")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (medians reported), >= 1")
+    parser.add_argument("--latency-steps", type=int, default=32,
+                        help="decode steps timed at each position (default 32)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats, medians reported, >= 1 (default 3)")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes to measure (default both)")
     parser.add_argument("--modes", default="eager,compiled,max-autotune",
                         help="decode-step modes to measure: eager, compiled (torch.compile default), max-autotune "

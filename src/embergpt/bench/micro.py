@@ -38,6 +38,10 @@ GOAL_LOSS_TOLERANCE = 0.05
 GOAL_PEAK_RSS_MB = 100.0
 
 
+EXAMPLE = """example:
+  embergpt bench micro --json"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=1000, help="training steps to time (default 1000)")
     parser.add_argument(

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+EXAMPLE = """examples:
+  embergpt check-features                  (one PASS/FAIL line per check; exit code 1 if any fails)
+  embergpt check-features --device cuda"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: $EMBERGPT_DEVICE or best)")

@@ -7,6 +7,10 @@ import math
 import sys
 import time
 
+EXAMPLE = """examples:
+  embergpt micro                                     (1000 steps on the bundled names, then 20 new names)
+  embergpt micro --steps 300 --n-embd 32 --data my_words.txt"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=1000, help="training steps, one document each (default 1000)")
