@@ -875,6 +875,7 @@ async function sendChat(event) {
     } else if (ev.type === "done") {
       renderer.appendText(ev.delta);
       finished = true;
+      reply.node.append(el("div", { class: "msg-meta", text: `${ev.usage.completion_tokens} tokens · ${ev.finish_reason}` }));
       $("chat-stats").textContent = runStats(ev, started, firstToken) + note;
       setAttention("chat", ev.attention);
     } else if (ev.type === "error") {
