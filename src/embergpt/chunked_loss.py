@@ -33,6 +33,13 @@ import torch.nn.functional as F
 BLOCK_ELEMENTS = 1 << 20
 
 
+def _within(z: torch.Tensor, bound: float) -> bool:
+    """Whether every value of z lies in [-bound, bound]: then the clamp and its mask can be skipped (one read
+    pass instead of three; a host sync, so only on a CPU)."""
+    low, high = torch.aminmax(z)
+    return bool((low >= -bound) & (high <= bound))
+
+
 class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -47,6 +54,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         with_grad: bool,
     ) -> torch.Tensor:
         w = weight.to(compute_dtype)
+        on_cpu = hidden.device.type == "cpu"
         valid = targets != -1
         count = valid.sum()
         # d loss / d z[n, :] carries this factor per row: 1 / count, and zero for ignored targets
@@ -59,15 +67,17 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             end = min(start + rows, hidden.size(0))
             h = hidden[start:end].to(compute_dtype)
             z = F.linear(h, w).float()  # (n, V)
-            cut = z.abs() > clamp if with_grad else None  # where the first clamp's gradient is zero
-            z.clamp_(-clamp, clamp)
+            cut = None  # where the first clamp's gradient is zero
+            if not (on_cpu and _within(z, clamp)):  # a GPU gets no host sync: it always clamps and masks
+                cut = z.abs() > clamp if with_grad else None
+                z.clamp_(-clamp, clamp)
             tanh = None
             if softcap is not None:
                 tanh = z.div_(softcap).tanh_()  # in place: z holds tanh(z1 / c) now
                 z = tanh * softcap
                 if softcap > clamp:  # c tanh(.) < c <= L otherwise: the second clamp never cuts
-                    if cut is not None:
-                        cut |= z.abs() > clamp
+                    if with_grad:
+                        cut = z.abs() > clamp if cut is None else cut | (z.abs() > clamp)
                     z.clamp_(-clamp, clamp)
             lse = torch.logsumexp(z, dim=1, keepdim=True)  # (n, 1)
             index = safe_targets[start:end, None]
@@ -79,7 +89,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             grad.scatter_add_(1, index, -scale)  # - onehot(target) * scale
             if tanh is not None:
                 grad.mul_(tanh.square_().neg_().add_(1))  # d c tanh(z1 / c) / d z1 = 1 - tanh^2
-            grad.masked_fill_(cut, 0.0)
+            if cut is not None:
+                grad.masked_fill_(cut, 0.0)
             grad = grad.to(compute_dtype)
             grad_hidden[start:end] = grad @ w
             if grad.dtype == torch.float32:
