@@ -121,3 +121,21 @@ def test_jsonl_problems_name_the_line(tmp_path):
             load_conversations(str(path))
     path.write_text(f"{good}\n\n{good}\n")
     assert [line for line, _ in load_conversations(str(path))] == [1, 3]
+
+
+def test_conversations_from_https_and_hf(monkeypatch, tmp_path):
+    from fake_remote import FakeRemote
+
+    monkeypatch.setenv("EMBERGPT_CACHE", str(tmp_path / "cache"))
+    messages = [_conversation(i)["messages"] for i in range(3)]
+    with FakeRemote() as server:
+        monkeypatch.setenv("EMBERGPT_HF_ENDPOINT", server.url)
+        url = server.add_file("/chat.jsonl", "\n".join(json.dumps({"messages": m}) for m in messages).encode())
+        assert [c for _, c in load_conversations(url)] == [{"messages": m} for m in messages]
+        # a dataset whose column holds the message lists themselves (as chat datasets on the hub do)
+        server.add_dataset("org/chats", [{"messages": m, "id": i} for i, m in enumerate(messages)])
+        got = load_conversations("hf://org/chats?column=messages")
+        assert [line for line, _ in got] == [1, 2, 3] and [c for _, c in got] == [{"messages": m} for m in messages]
+        server.add_dataset("org/bad", [{"messages": messages[0]}, {"messages": [{"role": "user"}]}])
+        with pytest.raises(DataError, match=r"hf://org/bad\?column=messages line 2: message 0 \(user\) has no content"):
+            load_conversations("hf://org/bad?column=messages")

@@ -1,6 +1,7 @@
 """Conversations from any data source: JSONL, one `{"messages": [...]}` per line (see `embergpt.chat.template`).
 
-    load_conversations(source) -> [(line, conversation)]   a file, https://, hf://...&column=C (a cell per line)
+    load_conversations(source) -> [(line, conversation)]   a file, https://, or hf://...&column=C: a column of
+                                                           message lists (or of JSON text), a row per "line"
 
 The text comes through `embergpt.data.load_text`, so downloads are cached, retried and bounded as for pretraining.
 Blank lines are skipped. A bad line stops the load with one line that names the source, the line number and the
@@ -47,4 +48,4 @@ def load_conversations(source: str) -> list[tuple[int, dict[str, Any]]]:
     """Read and check every conversation of `source` (a JSONL file, an https URL, or hf://...)."""
     from embergpt.data import load_text
 
-    return parse_conversations(load_text(source), source)
+    return parse_conversations(load_text(source, json_cells=True), source)

@@ -182,8 +182,11 @@ class Deadline:
         )
 
 
-def load_text(source: str) -> str:
-    """Read a whole text corpus from `source` (see the module docstring for the forms). Raises DataError."""
+def load_text(source: str, json_cells: bool = False) -> str:
+    """Read a whole text corpus from `source` (see the module docstring for the forms). Raises DataError.
+
+    json_cells: an hf:// column of lists or objects (a dataset's "messages") becomes one JSON line per row,
+    which is how conversations are read (embergpt.chat.conversations)."""
     if not isinstance(source, str) or not source.strip():
         raise DataError(
             "empty text source; pass builtin:shakespeare, builtin:names, a file path, an https:// URL or hf://..."
@@ -191,7 +194,7 @@ def load_text(source: str) -> str:
     if source.startswith("builtin:"):
         text = _load_builtin(source)
     elif source.startswith("hf://"):
-        text = _load_hf(source)
+        text = _load_hf(source, json_cells)
     elif source.startswith(("https://", "http://")):
         text = _load_url(source)
     elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source):
@@ -608,11 +611,12 @@ def _page_rows(payload: Any, source: str, url: str) -> tuple[list[dict[str, Any]
     return rows, total
 
 
-def _load_hf(source: str) -> str:
+def _load_hf(source: str, json_cells: bool = False) -> str:
     spec = parse_hf_source(source)
     endpoint = hf_endpoint()
     _check_url(endpoint, f"EMBERGPT_HF_ENDPOINT={endpoint}")
-    key = json.dumps(["hf", endpoint, *(getattr(spec, f) for f in HFSource.__dataclass_fields__)])
+    key = json.dumps(["hf", endpoint, *(getattr(spec, f) for f in HFSource.__dataclass_fields__)]
+                     + (["json"] if json_cells else []))
     target = _cache_path("hf", key)
     cached = _read_cached(target, source)
     if cached is not None:
@@ -647,6 +651,8 @@ def _load_hf(source: str) -> str:
                 cell = row[spec.column]
                 if cell is None:
                     continue  # a missing value in a nullable column: nothing to train on
+                if json_cells and isinstance(cell, (list, dict)):
+                    cell = json.dumps(cell if isinstance(cell, dict) else {"messages": cell}, ensure_ascii=False)
                 if not isinstance(cell, str):
                     raise _error(
                         source,
