@@ -18,8 +18,9 @@ is known up to the one factor the backward brings (grad_out): each block's gradi
 is formed in place right after its loss, while the block is still in cache, and multiplied into dh (its rows)
 and dW (a sum over blocks, in fp32) at once; the backward only scales the two by grad_out. Nothing is
 recomputed: the matmuls are the three a plain forward + backward does. Without grad mode (evaluation) the
-gradient is skipped. The result equals the plain formula within float rounding, loss and gradients
-(tests/test_chunked_loss.py checks both).
+gradient is skipped; on a CPU, a block whose logits all lie within +-L skips the first clamp and its mask.
+The result equals the plain formula within float rounding, loss and gradients (tests/test_chunked_loss.py
+checks both).
 
 Under bf16 autocast the matmuls run in bf16, as `lm_head` would; everything after them stays fp32.
 """
