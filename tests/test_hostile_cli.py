@@ -92,10 +92,13 @@ def _parsers() -> list[tuple[str, argparse.ArgumentParser]]:
     return sorted(found, key=lambda item: item[0])
 
 
-MINE = ("embergpt tokenizer", "embergpt train")  # the verbs whose help this file checks in full
+# The verbs whose help this file checks in full; the others are being rewritten in parallel work and join the list
+# when their help is complete (the check itself is the same for every verb).
+CHECKED = ("embergpt tokenizer", "embergpt train", "embergpt check-features", "embergpt micro",
+           "embergpt bench tokenizer", "embergpt bench decode", "embergpt bench micro")
 
 
-@pytest.mark.parametrize("name", [n for n, _ in _parsers() if n.startswith(MINE)])
+@pytest.mark.parametrize("name", [n for n, _ in _parsers() if n.startswith(CHECKED)])
 def test_help_has_a_description_every_default_and_an_example(name):
     parser = dict(_parsers())[name]
     assert parser.description, name
@@ -104,4 +107,5 @@ def test_help_has_a_description_every_default_and_an_example(name):
         if isinstance(action, argparse._HelpAction) or action.required:
             continue
         assert "default" in (action.help or "").lower(), (name, action.option_strings)
-    assert "Shakespeare" in parser.format_help() or "tokenizer" in name  # train says what --data defaults to
+    if name == "embergpt train":
+        assert "default builtin:shakespeare" in " ".join(parser.format_help().split())  # it was used silently
