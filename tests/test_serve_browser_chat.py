@@ -206,3 +206,28 @@ def test_a_tool_call_shows_as_a_calculator_box(browser, tool_server):
     screenshot(page, "ui-chat-tool-1024x768.png")
     assert not errors, errors
     page.close()
+
+
+def test_stop_buttons_end_a_request_in_flight(open_page):
+    rec = open_page(390, 844)
+    page = rec.page
+    held = []  # requests held before they reach the server, so that Stop is clicked while one is in flight
+    page.route("**/api/*/stream", lambda route: held.append(route))
+
+    page.click("#generate")
+    page.click("#stop")
+    page.wait_for_function("document.getElementById('gen-stats').textContent.includes('stopped')")
+    assert page.is_enabled("#generate") and page.is_disabled("#stop")
+
+    page.click("#tab-chat")
+    page.fill("#chat-input", "Hello")
+    page.click("#chat-send")
+    page.click("#chat-stop")
+    page.wait_for_function("document.getElementById('chat-stats').textContent.includes('stopped')")
+    # a turn that got no reply is greyed and left out of the conversation the next request sends
+    assert page.locator(".msg.failed").count() == 2
+    page.unroute("**/api/*/stream")
+    send(page, "Hello again")
+    bodies = rec.bodies("/api/chat/stream")
+    assert [m["content"] for m in bodies[-1]["messages"]] == ["Hello again"]
+    assert len(held) == 2 and not rec.errors, rec.errors
