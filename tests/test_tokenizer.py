@@ -317,3 +317,14 @@ def test_tokenizer_benchmark_agrees_with_its_baselines(tmp_path):
     assert result["same_merges_as_baseline"] and result["ids_agree"]
     assert result["vocab_size"] == 600 and set(result["goal_met"]) == {"train_le_3s", "encode_ge_10_mb_per_s"}
     json.dumps(result)
+
+
+def test_training_on_a_large_input_reports_its_stages(monkeypatch):
+    import embergpt.tokenizer.training as training
+
+    heard: list[str] = []
+    train_tokenizer("builtin:names", kind="char", progress=heard.append)
+    assert heard == []  # a small input trains in a moment: nothing to say
+    monkeypatch.setattr(training, "PROGRESS_BYTES", 1000)
+    train_tokenizer("builtin:names", kind="char", progress=heard.append)
+    assert [m.split()[0] for m in heard] == ["training", "trained"] and "MB of builtin:names" in heard[0]

@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         if args.kind == "char" and args.vocab_size is not None:
             raise ValueError("--vocab-size applies to --kind bpe; a char tokenizer has one id per character")
         report = train_tokenizer(
-            args.input, kind=args.kind, vocab_size=args.vocab_size, output=args.output, heldout_fraction=args.heldout
+            args.input, kind=args.kind, vocab_size=args.vocab_size, output=args.output, heldout_fraction=args.heldout,
+            progress=lambda message: print(message, file=sys.stderr, flush=True),
         )
         print("\n".join(report.lines()))
         return 0
