@@ -48,7 +48,8 @@ READABLE_VERSIONS = (1, 2)
 REQUIRED_FILES = ("config.json", "model.safetensors", "metadata.json")
 TOKENIZER_FILE = "tokenizer.json"
 _EXTRA_NAME = re.compile(r"[a-z0-9_]+")
-MAX_JSON_BYTES = 64 << 20  # train_state.json holds the metrics history: a few MB after a long run
+MAX_JSON_BYTES = 64 << 20  # config.json, metadata.json
+MAX_EXTRA_JSON_BYTES = 256 << 20  # train_state.json holds the whole metrics history: ~200 bytes a logged step
 
 
 class Checkpoint(NamedTuple):
@@ -232,10 +233,10 @@ def _package_version() -> str:
     return __version__
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
     """The JSON file `path` of a checkpoint: a regular file, bounded in size and depth; CheckpointError else."""
     return read_json_file(
-        path, what=f"checkpoint {path.name}", max_bytes=MAX_JSON_BYTES, error=CheckpointError,
+        path, what=f"checkpoint {path.name}", max_bytes=max_bytes, error=CheckpointError,
         advice="the checkpoint is corrupted: re-save it or use another",
     )
 
@@ -395,4 +396,4 @@ def read_extra_json(path: str | Path, name: str) -> Any:
     file = Path(path) / f"{name}.json"
     if not file.is_file():
         raise CheckpointError(f"{Path(path)}: missing {file.name}; this checkpoint cannot be resumed")
-    return _read_json(file)
+    return _read_json(file, MAX_EXTRA_JSON_BYTES)
