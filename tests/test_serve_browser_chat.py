@@ -231,3 +231,24 @@ def test_stop_buttons_end_a_request_in_flight(open_page):
     bodies = rec.bodies("/api/chat/stream")
     assert [m["content"] for m in bodies[-1]["messages"]] == ["Hello again"]
     assert len(held) == 2 and not rec.errors, rec.errors
+
+
+@pytest.mark.slow
+def test_a_conversation_past_the_attention_limit_is_answered_without_weights(browser, serve_checkpoint):
+    server = ServerProcess(serve_checkpoint, ["--rate-limit-rps", "0", "--max-attention-tokens", "40"])
+    try:
+        page = browser.new_page(viewport={"width": 1024, "height": 768})
+        posts: list[dict] = []
+        page.on("request", lambda r: posts.append(r.post_data_json) if r.url.endswith("/api/chat/stream") else None)
+        page.goto(server.url + "/")
+        page.wait_for_function("document.querySelectorAll('#layer-select option').length > 0")
+        page.click("#tab-chat")
+        page.fill("#max-tokens", "30")
+        send(page, "Good morrow, cousin")  # about 33 prompt tokens + 30: over the limit of 40
+        # refused with attention_too_large, asked again without the weights: a reply, no error, a note
+        assert [p["return_attention"] for p in posts] == [True, False]
+        assert "attention off (over 40 tokens)" in page.inner_text("#chat-stats")
+        assert page.locator(".msg.assistant").count() == 1 and page.is_visible("#heatmap-empty")
+        page.close()
+    finally:
+        server.stop()
