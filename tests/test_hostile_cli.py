@@ -109,3 +109,11 @@ def test_help_has_a_description_every_default_and_an_example(name):
         assert "default" in (action.help or "").lower(), (name, action.option_strings)
     if name == "embergpt train":
         assert "default builtin:shakespeare" in " ".join(parser.format_help().split())  # it was used silently
+
+
+def test_a_batch_that_cannot_fit_is_refused_by_the_config():
+    from embergpt.train import TrainConfig
+
+    with pytest.raises(ValueError, match="--batch-size"):
+        TrainConfig(batch_size=10**9)
+    TrainConfig(batch_size=32).model_config(vocab_size=66)  # the demo's shape fits anywhere

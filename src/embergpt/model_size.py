@@ -92,6 +92,14 @@ def available_memory() -> int:
         return 1 << 62  # unknown: do not refuse on a guess
 
 
+def activation_bytes(config: GPTConfig, batch_size: int) -> int:
+    """A floor on the fp32 activations one training micro-step keeps for backward: per token, at least 8 vectors
+    of width n_embd per layer (q, k, v, the attention output, the 4x MLP hidden) and 2 of width vocab_size
+    (logits and their gradient). The real figure is higher; a floor never refuses a run that would fit."""
+    per_token = config.n_layer * 8 * config.n_embd + 2 * config.vocab_size
+    return batch_size * config.sequence_len * per_token * 4
+
+
 def format_bytes(n: float) -> str:
     """1536 -> '1.5 KiB'."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
@@ -116,12 +124,13 @@ def check_fits(
     what: str,
     advice: str,
     error: type[Exception],
+    extra_bytes: int = 0,
 ) -> int:
     """Refuse (raise `error`, one line) a model whose parameters (times `bytes_per_parameter`: 4 to hold fp32
-    weights, ~16 to train them with AdamW) plus fp32 buffers exceed the memory available now. Returns the
-    parameter count."""
+    weights, ~16 to train them with AdamW) plus fp32 buffers plus `extra_bytes` (activations) exceed the memory
+    available now. Returns the parameter count."""
     params = parameter_count(kind, config)
-    need = params * bytes_per_parameter + buffer_count(kind, config) * 4
+    need = params * bytes_per_parameter + buffer_count(kind, config) * 4 + extra_bytes
     have = available_memory()
     if need > have:
         raise error(

@@ -120,16 +120,17 @@ class TrainConfig:
         self.model_config(vocab_size=1)
 
     def check_fits(self, config: GPTConfig) -> int:
-        """Refuse (ValueError, one line) a model this machine cannot hold: weights on the CPU (the model is built
-        there) and, when it trains there too, gradients and two AdamW moments, 16 bytes per parameter. Returns
-        the parameter count."""
-        from embergpt.model_size import check_fits
+        """Refuse (ValueError, one line) a run this machine cannot hold: weights on the CPU (the model is built
+        there) and, when it trains there too, gradients, two AdamW moments (16 bytes per parameter) and the
+        activations of one micro-step. Returns the parameter count."""
+        from embergpt.model_size import activation_bytes, check_fits
 
         kind = "gpt" if self.model == "compare" else self.model  # compare's largest rung is the GPT
         on_cpu = self.device in (None, "cpu") and not _cuda_available()
         return check_fits(
             kind, config, 16 if on_cpu else 4, "too large for this machine",
-            "use a smaller --preset, --n-layer, --n-embd or --seq-len (see `embergpt train --help`)", ValueError,
+            "use a smaller --preset, --n-layer, --n-embd, --seq-len or --batch-size (see `embergpt train --help`)",
+            ValueError, extra_bytes=activation_bytes(config, self.batch_size) if on_cpu else 0,
         )
 
     # ---- derived values
