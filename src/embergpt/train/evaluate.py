@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,8 +40,10 @@ def evaluate(
     token_bytes: torch.Tensor,
     dist: DistContext,
     autocast: contextlib.AbstractContextManager | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, float | None]:
-    """Mean validation loss (nats / token) and bits per byte over `steps` global batches.
+    """Mean validation loss (nats / token) and bits per byte over `steps` global batches; `progress(done, steps)`
+    is called after each batch (an evaluation of a large model takes minutes).
 
     Bits per byte = total nats / ln 2 / total UTF-8 bytes of the predicted tokens, with special tokens left out
     of both sums: unlike the loss it does not depend on the tokenizer, so char and BPE models compare.
@@ -50,7 +54,9 @@ def evaluate(
     token_bytes = token_bytes.to(dist.device)
     # [loss sum, tokens, loss sum over byte-carrying tokens, bytes] in float64 so long evaluations do not drift
     totals = torch.zeros(4, dtype=torch.float64, device=dist.device)
-    for _ in range(steps):
+    for done in range(steps):
+        if progress is not None:
+            progress(done, steps)
         x, y = sampler.next_batch(dist.device)
         with autocast or contextlib.nullcontext():
             logits = model(x)
@@ -60,6 +66,8 @@ def evaluate(
         totals += torch.stack(
             [losses.sum(), valid.sum(), (losses * (nbytes > 0)).sum(), nbytes.sum()]
         ).double()
+    if progress is not None:
+        progress(steps, steps)
     dist.all_reduce(totals)
     model.train(was_training)
     loss_sum, count, byte_loss_sum, nbytes = totals.tolist()
@@ -105,3 +113,11 @@ def sample_texts(
     finally:
         model.train(was_training)
     return [tokenizer.decode([t for t in row if t != tokenizer.bos_id]) for row in rows]
+
+
+def show_eval_progress(done: int, total: int) -> None:
+    """`evaluate`'s progress as one rewritten line on stderr, on a terminal only; erased when done."""
+    if not sys.stderr.isatty():
+        return
+    line = f"evaluating: batch {done}/{total}" if done < total else ""
+    print(f"\r{line:<40}\r" if not line else f"\r{line}", end="", file=sys.stderr, flush=True)

@@ -33,7 +33,7 @@ from embergpt.train.checkpoints import (
     prune_periodic,
     save_training_checkpoint,
 )
-from embergpt.train.evaluate import evaluate, sample_texts, token_byte_lengths
+from embergpt.train.evaluate import evaluate, sample_texts, show_eval_progress, token_byte_lengths
 from embergpt.train.flops import model_flops_per_token, peak_flops
 from embergpt.train.interrupt import GracefulInterrupt
 from embergpt.train.metrics import MetricsLog, plot_losses
@@ -109,7 +109,8 @@ def run_loop(run: RunSetup) -> TrainResult:
     samples: list[str] = []
 
     def run_eval() -> None:
-        result = evaluate(eval_model, dataset, cfg.batch_size, seq_len, cfg.eval_steps, token_bytes, ctx, amp())
+        result = evaluate(eval_model, dataset, cfg.batch_size, seq_len, cfg.eval_steps, token_bytes, ctx, amp(),
+                          progress=show_eval_progress if main and cfg.verbose else None)
         record = {"kind": "eval", "step": state.step, **result, "elapsed": state.train_seconds}
         if main:
             metrics.log(record)
