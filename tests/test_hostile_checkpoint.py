@@ -254,3 +254,18 @@ def test_a_config_file_is_bounded():
         GPTConfig.load("/dev/zero")
     with pytest.raises(InputFileError, match="nested"):
         GPTConfig.from_json("[" * 100_000)
+
+
+def test_a_stored_training_config_of_the_wrong_types_is_one_line(tmp_path):
+    # train --resume rebuilds TrainConfig from metadata.json's train_config: JSON from disk, types checked
+    from embergpt.train import TrainConfig
+
+    model = GPT(GPTConfig(vocab_size=40, sequence_len=16, n_layer=1, n_head=2, n_kv_head=1, n_embd=16))
+    for field, value, words in [("val_fraction", "0.1", ["val_fraction must be float"]),
+                                ("compile", 1, ["compile must be bool"]), ("steps", True, ["steps must be int"]),
+                                ("data", ["x"], ["data must be str"])]:
+        config = {**TrainConfig().to_dict(), field: value}
+        ck = save_checkpoint(model, tmp_path / field, metadata={"train_config": config})
+        with pytest.raises(ValueError) as info:
+            TrainConfig.from_checkpoint(ck)
+        assert_one_line(str(info.value), *words)

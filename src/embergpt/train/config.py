@@ -75,6 +75,7 @@ class TrainConfig:
     verbose: bool = True
 
     def __post_init__(self) -> None:
+        _check_field_types(self)  # a stored config (resume) is JSON from disk: a string where a number belongs
         _choice("model", self.model, MODELS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("lr_schedule", self.lr_schedule, SCHEDULES)
@@ -201,6 +202,25 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "None": (type(None),)}
+
+
+def _check_field_types(cfg: TrainConfig) -> None:
+    """Every field holds a value of its annotated type (an int is a float, a bool is not an int), so that the
+    range checks below never meet a string or a list; ValueError naming the field otherwise."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        names = [n.strip() for n in str(f.type).split("|")]
+        if not set(names) <= set(_TYPES):
+            continue  # a container field: its own check below says what it holds
+        allowed = tuple(t for n in names for t in _TYPES[n])
+        ok = isinstance(value, allowed) and (not isinstance(value, bool) or bool in allowed)
+        if isinstance(value, float) and ok and not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number, got {value!r}")
+        if not ok:
+            raise ValueError(f"{f.name} must be {' or '.join(names)}, got {type(value).__name__} {value!r:.40}")
 
 
 def _choice(name: str, value: Any, options: tuple[str, ...]) -> None:
