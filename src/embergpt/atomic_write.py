@@ -31,6 +31,8 @@ def check_output_path(path: str | os.PathLike[str], what: str = "output", direct
         return path
     except OSError as e:
         raise OutputPathError(f"{what} {str(path)!r}: cannot be checked ({e.strerror})") from None
+    if stat.S_ISLNK(mode) and directory and path.is_dir():
+        return path  # a link to a directory (runs -> /data/runs): files are created inside it, nothing replaced
     if stat.S_ISLNK(mode):
         raise OutputPathError(f"{what} {str(path)!r} is a symlink; pass the real path, or remove the link first")
     if stat.S_ISDIR(mode) if directory else stat.S_ISREG(mode):
