@@ -31,7 +31,7 @@ from embergpt.chat.calculator import evaluate
 
 SOURCE = "builtin:chat-tasks"
 TASKS = ("spell", "reverse", "count", "arithmetic", "identity")
-WEIGHTS = (0.2, 0.25, 0.25, 0.18, 0.12)  # reversal and counting are the hardest to learn
+WEIGHTS = (0.17, 0.25, 0.3, 0.2, 0.08)  # counting, reversal and copying 4-digit operands are the hardest
 SPLITS = ("train", "val")
 IDENTITY_PROMPTS = ("Who are you?", "What are you?", "What is your name?", "Tell me about yourself.",
                     "Introduce yourself.")

@@ -62,9 +62,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"done: {result.step} steps, {result.train_seconds:.0f} s of training, {val}")
     print(f"checkpoint: {result.checkpoint}")
     if cfg.data == SOURCE and args.eval_items > 0 and result.checkpoint is not None:
+        import torch
+
         from embergpt.chat.evaluate import evaluate_checkpoint, format_accuracy
 
-        print(format_accuracy(evaluate_checkpoint(result.checkpoint, args.eval_items)))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # decode GEMMs this small gain nothing from more; on a busy CPU OpenMP spins (25x)
+        try:
+            print(format_accuracy(evaluate_checkpoint(result.checkpoint, args.eval_items)))
+        finally:
+            torch.set_num_threads(threads)
     print(f"chat with it: embergpt chat --checkpoint {result.checkpoint}")
     sys.stdout.flush()
     return result.exit_code

@@ -48,6 +48,7 @@ def sft_config(init_from: str, **overrides: Any) -> TrainConfig:
         eval_interval=100,
         eval_steps=10,
         sample_tokens=64,
+        threads="auto",  # as the demo: the faster of 1 and all cores, re-checked (the CPU may be shared)
         out="runs/chat",
     )
     return base.replace(**overrides)
