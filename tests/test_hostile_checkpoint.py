@@ -269,3 +269,26 @@ def test_a_stored_training_config_of_the_wrong_types_is_one_line(tmp_path):
         with pytest.raises(ValueError) as info:
             TrainConfig.from_checkpoint(ck)
         assert_one_line(str(info.value), *words)
+
+
+def test_a_consistently_rehashed_hostile_checkpoint_is_still_refused(tmp_path):
+    # Hashes are not signatures: an attacker rewrites all of them. Validation must refuse the content itself.
+    from safetensors.torch import load_file, save_file
+
+    from embergpt.checkpoint_integrity import WEIGHTS_METADATA_KEY, metadata_digest
+    from embergpt.tokenizer import BPETokenizer
+
+    text = "hello world, the quick brown fox.\n" * 20
+    tok = BPETokenizer.train(text, 300)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, sequence_len=16, n_layer=1, n_head=2, n_kv_head=1, n_embd=16))
+    ck = save_checkpoint(model, tmp_path / "ck", tokenizer=tok)
+    doc = json.loads((ck / "tokenizer.json").read_text())
+    doc["pattern"] = "(a+)+$"  # encodes most text to nothing
+    (ck / "tokenizer.json").write_text(json.dumps(doc))
+    meta = read_meta(ck)
+    meta["tokenizer"]["sha256"] = meta["files"]["tokenizer.json"] = file_sha256(ck / "tokenizer.json")
+    weights = ck / "model.safetensors"
+    save_file(load_file(weights), weights, metadata={WEIGHTS_METADATA_KEY: metadata_digest(meta)})
+    meta["files"]["model.safetensors"] = file_sha256(weights)
+    write_meta(ck, meta)
+    refused(ck, "tokenizer.json", "pattern", "skips the text")
