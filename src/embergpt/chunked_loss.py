@@ -30,8 +30,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# logits held per block: 2^20 fp32 values (4 MB), which fits a CPU's L2/L3; at vocab 8192 that is 128 rows
-BLOCK_ELEMENTS = 1 << 20
+# logits held per block: on a CPU 2^20 fp32 values (4 MB, in L2/L3: 128 rows at vocab 8192); on a GPU 2^28
+# (1 GB: 5336 rows at nanochat's vocab 50304), where the point is memory, not cache, and small matmuls waste it
+CPU_BLOCK_ELEMENTS = 1 << 20
+GPU_BLOCK_ELEMENTS = 1 << 28
+# torch.compile unrolls the loop over blocks: at most this many, so the traced graph stays small
+MAX_COMPILED_BLOCKS = 16
 
 
 def _within(z: torch.Tensor, bound: float) -> bool:
@@ -120,7 +124,8 @@ def chunked_cross_entropy(
     without holding more than `rows` rows of logits at a time.
 
     hidden [..., C] (any float dtype), weight [V, C], targets [...] long with -1 = ignored -> a scalar fp32 loss.
-    Under autocast the two matmuls run in the autocast dtype. `rows`: rows per block (default: BLOCK_ELEMENTS / V).
+    Under autocast the two matmuls run in the autocast dtype. `rows`: rows per block (default: the device's
+    *_BLOCK_ELEMENTS / V, and at most MAX_COMPILED_BLOCKS blocks under torch.compile).
     """
     hidden = hidden.reshape(-1, hidden.size(-1))
     targets = targets.reshape(-1)
@@ -130,7 +135,11 @@ def chunked_cross_entropy(
     compute_dtype = hidden.dtype
     if torch.is_autocast_enabled(device_type):
         compute_dtype = torch.get_autocast_dtype(device_type)
-    rows = rows or max(1, BLOCK_ELEMENTS // weight.size(0))
+    if rows is None:
+        budget = CPU_BLOCK_ELEMENTS if device_type == "cpu" else GPU_BLOCK_ELEMENTS
+        rows = max(1, budget // weight.size(0))
+        if torch.compiler.is_compiling():
+            rows = max(rows, -(-hidden.size(0) // MAX_COMPILED_BLOCKS))
     with_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     with torch.autocast(device_type, enabled=False):
         return _ChunkedCrossEntropy.apply(hidden, weight, targets, softcap, clamp, rows, compute_dtype, with_grad)
