@@ -294,9 +294,20 @@ def test_prometheus_metrics_count_tokens_and_time_to_first_token(client, model_i
     assert httpx.get(server_url + "/api/metrics").headers["content-type"].startswith("application/json")
 
 
+def test_accept_any_model_setting_from_flag_and_environment():
+    from embergpt.serve.settings import resolve_settings
+
+    assert not resolve_settings({}, {}).accept_any_model
+    assert resolve_settings({}, {"EMBERGPT_ACCEPT_ANY_MODEL": " Yes "}).accept_any_model
+    assert not resolve_settings({}, {"EMBERGPT_ACCEPT_ANY_MODEL": "0"}).accept_any_model
+    assert resolve_settings({"accept_any_model": True}, {"EMBERGPT_ACCEPT_ANY_MODEL": "off"}).accept_any_model
+    with pytest.raises(ValueError, match="EMBERGPT_ACCEPT_ANY_MODEL"):
+        resolve_settings({}, {"EMBERGPT_ACCEPT_ANY_MODEL": "maybe"})
+
+
 @pytest.mark.slow
 def test_accept_any_model_answers_any_name(serve_checkpoint):
-    proc = ServerProcess(serve_checkpoint, ["--rate-limit-rps", "0"], env={"EMBERGPT_ACCEPT_ANY_MODEL": "1"})
+    proc = ServerProcess(serve_checkpoint, ["--rate-limit-rps", "0", "--accept-any-model"])
     try:
         r = httpx.post(proc.url + "/v1/completions", json={"model": "gpt-4o", "prompt": "A", "max_tokens": 2})
         assert r.status_code == 200 and len(r.json()["choices"]) == 1

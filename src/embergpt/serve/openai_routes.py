@@ -81,7 +81,7 @@ def add_openai_routes(app: FastAPI, service: ModelService) -> None:
         prompts = _completion_prompts(service, req.prompt)
         requested = req.max_tokens if req.max_tokens is not None else OPENAI_COMPLETION_DEFAULT_MAX_TOKENS
         max_tokens = _check_max_tokens(service, requested)
-        n = _check_n(service, req.n, len(prompts))
+        n = _check_n(service, req.n)
         params = _sampling(service, req)
         stops = stop_strings(req.stop)
         k = req.logprobs
@@ -109,7 +109,7 @@ def add_openai_routes(app: FastAPI, service: ModelService) -> None:
         if requested is None:
             requested = service.default_max_tokens(len(ids))
         max_tokens = _check_max_tokens(service, requested)
-        n = _check_n(service, req.n, 1)
+        n = _check_n(service, req.n)
         service.check_context(len(ids), max(max_tokens, 1))
         spec = GenerationSpec(
             ids, max(max_tokens, 1), _sampling(service, req), req.seed, rendered.stop_ids,
@@ -202,7 +202,7 @@ def _check_max_tokens(service: ModelService, requested: int) -> int:
     return requested
 
 
-def _check_n(service: ModelService, n: int, prompts: int) -> int:
+def _check_n(service: ModelService, n: int) -> int:
     rows = service.settings.max_batch
     if n > rows:
         raise ApiError(400, "n_out_of_range", f"n must be in 1..{rows} (the server's --max-batch), got {n}",
