@@ -93,21 +93,32 @@ def make_item(task: str, rng: np.random.Generator, split: str) -> ChatItem:
         return ChatItem(task, f"What is {a} {op} {b}?", parts, result)
     words = word_lists()[split]
     word = words[int(rng.integers(len(words)))]
+    if task == "count":
+        return _count_item(words, word, rng)
     if task == "spell":
         answer = "-".join(word)
         return ChatItem(task, f'Spell the word "{word}".', answer, answer)
     if task == "reverse":
         answer = word[::-1]
         return ChatItem(task, f'Reverse the word "{word}".', answer, answer)
-    if task == "count":
-        if rng.random() < 0.75:
-            letter = word[int(rng.integers(len(word)))]
-        else:
-            absent = [c for c in "abcdefghijklmnopqrstuvwxyz" if c not in word]
-            letter = absent[int(rng.integers(len(absent)))]
-        answer = str(word.count(letter))
-        return ChatItem(task, f'How many times does "{letter}" appear in "{word}"?', answer, answer)
     raise ValueError(f"unknown chat task {task!r}; known: {', '.join(TASKS)}")
+
+
+def _count_item(words: tuple[str, ...], word: str, rng: np.random.Generator) -> ChatItem:
+    """Answers 0, 1 and "more than 1" equally often: with letters drawn from the word, "1" would be right three
+    times in four and a model learns to say "1" instead of counting."""
+    wanted = int(rng.integers(3))
+    while True:
+        if wanted == 0:
+            letters = [c for c in "abcdefghijklmnopqrstuvwxyz" if c not in word]
+        else:
+            letters = sorted({c for c in word if (word.count(c) == 1) == (wanted == 1)})
+        if letters:
+            break
+        word = words[int(rng.integers(len(words)))]  # no letter of that kind here: another word
+    letter = letters[int(rng.integers(len(letters)))]
+    answer = str(word.count(letter))
+    return ChatItem("count", f'How many times does "{letter}" appear in "{word}"?', answer, answer)
 
 
 def _rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.Generator:
