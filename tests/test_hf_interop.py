@@ -4,6 +4,7 @@ transformers-written directory round-trips bitwise. Hostile and foreign director
 
 import json
 import os
+import re
 import subprocess
 import sys
 from importlib.resources import files
@@ -244,6 +245,42 @@ def test_chat_template_renders_like_ours_on_any_conversation(exported_tokenizers
     messages = [{"role": r, "content": c} for r, c in turns]
     ids = theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
     assert list(ids) == render_ours(messages, ours)
+
+
+def test_tokenizer_written_by_transformers_tiktoken_converter_imports_exactly(bpe, tmp_path):
+    """nanochat's HF models carry a tokenizer.json from transformers' TikTokenConverter: it imports as ours."""
+    import base64
+
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    from embergpt.interop.hf_tokenizer import from_hf_tokenizer
+
+    ranks = tmp_path / "vocab.tiktoken"
+    ranks.write_text("".join(f"{base64.b64encode(r).decode()} {i}\n" for i, r in enumerate(bpe.ranks)))
+    converted = TikTokenConverter(vocab_file=str(ranks), pattern=bpe.pattern,
+                                  extra_special_tokens=bpe.special_tokens).converted()
+    assert from_hf_tokenizer(json.loads(converted.to_str())).to_json_bytes() == bpe.to_json_bytes()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.__setitem__("normalizer", {"type": "NFC"}), "normalizer"),
+    (lambda d: d["model"].__setitem__("ignore_merges", False), "ignore_merges"),
+    (lambda d: d["model"].__setitem__("byte_fallback", True), "byte_fallback"),
+    (lambda d: d.__setitem__("decoder", {"type": "Metaspace"}), "ByteLevel decoder"),
+    (lambda d: d["model"]["merges"].reverse(), "merges are not"),
+    (lambda d: d["model"]["merges"].pop(), "merges are not"),
+    (lambda d: d["added_tokens"][0].__setitem__("id", 5), "added token ids"),
+    (lambda d: d["model"]["vocab"].__setitem__("Ġthe", 10**6), "vocab ids must be 0..n-1"),
+    (lambda d: d["added_tokens"][0].__setitem__("content", "<|start|>"), "no <|bos|>"),
+])
+def test_foreign_tokenizers_that_we_cannot_reproduce_are_refused(bpe, change, message):
+    from embergpt.interop.hf_tokenizer import from_hf_tokenizer, to_hf_tokenizer
+    from embergpt.tokenizer import TokenizerError
+
+    doc = json.loads(to_hf_tokenizer(bpe).to_str())
+    change(doc)
+    with pytest.raises(TokenizerError, match=re.escape(message)):
+        from_hf_tokenizer(doc)
 
 
 def test_char_tokenizer_has_no_chat_template(exported_tokenizers):

@@ -152,17 +152,29 @@ def from_hf_tokenizer(doc: Any) -> Tokenizer:
     added = doc.get("added_tokens") or []
     if not isinstance(added, list) or not all(isinstance(a, dict) for a in added):
         raise TokenizerError("tokenizer.json: added_tokens must be a list of objects")
-    specials = sorted(((a.get("content"), a.get("id")) for a in added), key=lambda item: str(item[1]))
-    names = [name for name, _ in sorted(specials, key=lambda item: item[1] if isinstance(item[1], int) else -1)]
-    ids = sorted(i for _, i in specials if isinstance(i, int))
-    if ids != list(range(len(vocab), len(vocab) + len(added))) or not all(isinstance(n, str) for n in names):
-        raise TokenizerError("tokenizer.json: added tokens must have string contents and ids right after the vocab")
+    specials = [(a.get("content"), a.get("id")) for a in added]
+    if not all(isinstance(n, str) and isinstance(i, int) and not isinstance(i, bool) for n, i in specials):
+        raise TokenizerError("tokenizer.json: every added token needs a string content and an integer id")
+    specials.sort(key=lambda item: item[1])
+    names = [name for name, _ in specials]
+    if [i for _, i in specials] != list(range(len(vocab), len(vocab) + len(specials))):
+        raise TokenizerError("tokenizer.json: added token ids must follow the vocabulary's, each once")
     if BOS not in names:
         raise TokenizerError(f"tokenizer.json: no {BOS} added token; embergpt needs one")
     by_id = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
 
+    # What would make `tokenizers` differ from our tokenizers: a normalizer, BPE options we do not have.
+    if doc.get("normalizer") is not None:
+        raise TokenizerError("tokenizer.json: a normalizer is set; embergpt's tokenizers have none")
+    for key, want in (("dropout", None), ("continuing_subword_prefix", None), ("end_of_word_suffix", None),
+                      ("byte_fallback", False)):
+        if model.get(key, want) != want:
+            raise TokenizerError(f"tokenizer.json: model.{key} is {str(model.get(key))[:40]}; embergpt needs {want}")
+    decoder = (doc.get("decoder") or {}).get("type") if isinstance(doc.get("decoder"), dict) else None
     pre = doc.get("pre_tokenizer")
     if pre is None and not merges:  # a char tokenizer
+        if decoder != "Fuse":
+            raise TokenizerError(f"tokenizer.json: a char tokenizer needs the Fuse decoder, not {decoder}")
         unk, chat = model.get("unk_token") == UNK, CHAT_SPECIAL_TOKENS[1] in names
         expected = [BOS, *([UNK] if unk else []), *(CHAT_SPECIAL_TOKENS[1:] if chat else [])]
         if names != expected:
@@ -170,6 +182,11 @@ def from_hf_tokenizer(doc: Any) -> Tokenizer:
         return CharTokenizer(by_id, unk=unk, chat=chat)
 
     pattern = _split_pattern(pre)
+    if decoder != "ByteLevel":
+        raise TokenizerError(f"tokenizer.json: a byte-level BPE needs the ByteLevel decoder, not {decoder}")
+    if model.get("ignore_merges") is not True:
+        raise TokenizerError("tokenizer.json: model.ignore_merges must be true (a pre-token that is a token encodes "
+                             "as that token, as in tiktoken)")
     alphabet = {c: b for b, c in enumerate(byte_alphabet())}
     try:
         ranks = [bytes(alphabet[c] for c in token) for token in by_id]
