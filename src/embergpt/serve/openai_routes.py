@@ -54,8 +54,8 @@ OPENAI_COMPLETION_DEFAULT_MAX_TOKENS = 16  # as OpenAI's /v1/completions
 MAX_PROMPTS = 64  # prompts in one /v1/completions request
 MIN_LOGPROB = -9999.0  # what a -inf log-probability is reported as (JSON has no infinity)
 OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {**entry, "model": OpenAIErrorResponseModel} for code, entry in ERRORS.items()
-} | {404: {"model": OpenAIErrorResponseModel, "description": "model_not_found"}}
+    code: {**entry, "model": OpenAIErrorResponseModel} for code, entry in ERRORS.items() if code != 422
+} | {404: {"model": OpenAIErrorResponseModel, "description": "model_not_found"}}  # /v1: a schema error is a 400
 SSE_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}, **OPENAI_ERRORS}
 
 
