@@ -242,6 +242,8 @@ def test_unsupported_parameters_are_400_with_their_name(client, model_id, endpoi
         ({"prompt": [[3], []]}, "empty_prompt", "prompt"),
         ({"prompt": "A", "max_tokens": 10_000}, "max_tokens_out_of_range", "max_tokens"),
         ({"prompt": "A", "n": 1000}, "n_out_of_range", "n"),
+        ({"prompt": ["A"] * 9, "n": 8}, "too_many_choices", "n"),
+        ({"prompt": ["A"] * 65}, "too_many_prompts", "prompt"),
         ({"prompt": "A", "temperature": -1}, "invalid_request", "temperature"),
         ({"prompt": "A", "model": "gpt-4o"}, "model_not_found", "model"),
     ],

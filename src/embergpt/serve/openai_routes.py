@@ -52,6 +52,7 @@ from embergpt.serve.sse import DONE, EventStreamResponse, sse_event
 
 OPENAI_COMPLETION_DEFAULT_MAX_TOKENS = 16  # as OpenAI's /v1/completions
 MAX_PROMPTS = 64  # prompts in one /v1/completions request
+MAX_CHOICES = 64  # prompts x n: one request (one rate-limit token) may not occupy the batch for long
 MIN_LOGPROB = -9999.0  # what a -inf log-probability is reported as (JSON has no infinity)
 OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {**entry, "model": OpenAIErrorResponseModel} for code, entry in ERRORS.items() if code != 422
@@ -82,6 +83,9 @@ def add_openai_routes(app: FastAPI, service: ModelService) -> None:
         requested = req.max_tokens if req.max_tokens is not None else OPENAI_COMPLETION_DEFAULT_MAX_TOKENS
         max_tokens = _check_max_tokens(service, requested)
         n = _check_n(service, req.n)
+        if len(prompts) * n > MAX_CHOICES:
+            raise ApiError(400, "too_many_choices", f"{len(prompts)} prompts x n={n} exceed {MAX_CHOICES} choices per "
+                           "request; split the request", param="n", max_allowed=MAX_CHOICES)
         params = _sampling(service, req)
         stops = stop_strings(req.stop)
         k = req.logprobs
