@@ -59,6 +59,11 @@ def write_format1(path, model, tokenizer=None):
     """A checkpoint exactly as format 1 wrote it: same files, format_version 1, and weights whose header does not
     record the digest of metadata.json (format 1 did not hash metadata.json)."""
     save_checkpoint(model, path, tokenizer=tokenizer)
+    downgrade_to_format1(path)
+
+
+def downgrade_to_format1(path):
+    """Rewrite a saved checkpoint's metadata and weights header as format 1 had them."""
     weights = path / "model.safetensors"
     save_file(load_file(weights), weights)
     meta = json.loads((path / "metadata.json").read_text())
@@ -114,3 +119,20 @@ def test_conversion_negates_exactly_the_second_half_of_each_head():
     for key in state:  # nothing else changes, and the input is left alone
         if ".c_q." not in key and ".c_k." not in key:
             assert out[key] is state[key]
+
+
+def test_resuming_a_format1_training_checkpoint_is_refused(tmp_path):
+    """Its optimizer moments are in the old basis: it loads for inference, but training does not resume from it."""
+    import dataclasses
+
+    from embergpt import CheckpointError
+    from embergpt.train import TrainConfig, train
+
+    (tmp_path / "corpus.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 100)
+    cfg = TrainConfig(data=str(tmp_path / "corpus.txt"), preset="tiny", seq_len=16, batch_size=4, steps=2,
+                      eval_interval=0, eval_steps=1, out=str(tmp_path / "run"), verbose=False)
+    checkpoint = train(cfg).checkpoint
+    downgrade_to_format1(checkpoint)
+    assert load_checkpoint(checkpoint).metadata["format_version"] == 1
+    with pytest.raises(CheckpointError, match="format-1 checkpoint"):
+        train(dataclasses.replace(cfg, resume=str(checkpoint), steps=4))

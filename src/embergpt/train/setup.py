@@ -92,6 +92,9 @@ def open_run(cfg: TrainConfig, ctx: DistContext) -> OpenedRun:
     if not Path(cfg.resume).is_dir():
         raise CheckpointError(f"cannot resume: {cfg.resume} is not a checkpoint directory")
     resumed = load_checkpoint(cfg.resume)
+    if resumed.metadata.get("format_version") == 1:  # its optimizer moments are in the old RoPE basis
+        raise CheckpointError(f"{cfg.resume} is a format-1 checkpoint (the old RoPE direction): it loads for "
+                              "generate/serve/eval/export, but its optimizer state cannot resume; start a new run")
     point = read_resume_point(cfg.resume)
     done = point.state
     if cfg.steps is not None and done.step >= cfg.steps:
