@@ -108,3 +108,28 @@ def test_cli_errors_are_one_line(base, tmp_path, capsys):
     assert err.count("\n") == 1 and "error" in err
     assert cli_main(["sft", str(base), "--resume", str(base)]) == 2
     assert "drop the CHECKPOINT" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_match_one_process(base, tmp_path):
+    """SFT under torchrun: each rank packs the whole global batch and keeps its rows; the loss is weighted by
+    the step's target tokens over both ranks, so 2 ranks train as one process does."""
+    import os
+    import subprocess
+    import sys
+
+    settings = dict(batch_size=8, grad_accum=2, steps=4, eval_interval=0, eval_steps=2, seed=3)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "embergpt",
+            "sft", str(base), "--device", "cpu", "--out", str(tmp_path / "ddp"), "--quiet", "--eval-items", "0"]
+    for key, value in settings.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = train(sft_config(str(base), out=str(tmp_path / "single"), device="cpu", verbose=False, threads=1,
+                              **settings))
+    ddp, one = read_metrics(tmp_path / "ddp" / "metrics.jsonl"), read_metrics(single.metrics_path)
+    assert [r["step"] for r in ddp] == [r["step"] for r in one] == [1, 2, 3, 4, 4]
+    for a, b in zip(ddp, one):
+        for key in ("train_loss", "val_loss", "grad_norm"):
+            if key in b:
+                assert abs(a[key] - b[key]) < 1e-4, (key, a, b)
