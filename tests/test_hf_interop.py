@@ -3,10 +3,8 @@ same logits and greedy tokens as our model, `AutoTokenizer` the same ids and tex
 transformers-written directory round-trips bitwise. Hostile and foreign directories are refused cleanly."""
 
 import json
-import os
 import re
 import subprocess
-import sys
 from importlib.resources import files
 from pathlib import Path
 
@@ -62,10 +60,10 @@ def trained(tmp_path_factory, bpe):
     from embergpt.train import TrainConfig, train
 
     tmp = tmp_path_factory.mktemp("trained")
-    (tmp / "corpus.txt").write_text(SHAKESPEARE[:100_000])
+    (tmp / "corpus.txt").write_text(SHAKESPEARE[:30_000])
     bpe.save(tmp / "tok.json")
     cfg = TrainConfig(data=str(tmp / "corpus.txt"), tokenizer=str(tmp / "tok.json"), preset="tiny", seq_len=32,
-                      batch_size=8, steps=60, eval_interval=60, eval_steps=2, out=str(tmp / "run"), verbose=False,
+                      batch_size=8, steps=30, eval_interval=30, eval_steps=2, out=str(tmp / "run"), verbose=False,
                       optimizer="adamw", lr=3e-3)
     return train(cfg).checkpoint
 
@@ -86,6 +84,7 @@ def test_random_weights_give_transformers_logits(tmp_path, bpe, n_kv_head):
     assert rel_err(a, b) <= 1e-5
 
 
+@pytest.mark.slow  # trains a small model first (the module's `trained` fixture)
 def test_trained_weights_give_transformers_logits_and_greedy_tokens(tmp_path, trained, bpe):
     export_hf(trained, tmp_path / "hf")
     ck = load_checkpoint(trained)
@@ -334,6 +333,7 @@ def test_transformers_directory_imports_exports_bitwise(tmp_path, transformers_d
     assert ck.tokenizer.to_json_bytes() == bpe.to_json_bytes()
 
 
+@pytest.mark.slow  # trains a small model first (the module's `trained` fixture)
 def test_export_import_export_is_bitwise(tmp_path, trained):
     export_hf(trained, tmp_path / "hf1")
     import_hf(tmp_path / "hf1", tmp_path / "ck")
@@ -343,9 +343,15 @@ def test_export_import_export_is_bitwise(tmp_path, trained):
         assert (tmp_path / "hf1" / name).read_bytes() == (tmp_path / "hf2" / name).read_bytes(), name
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "embergpt", *map(str, args)], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+def run_cli(capsys, *args):
+    """The `embergpt` command line, in this process (the same code path as the installed script, without paying
+    a Python start-up per call): (exit code, stdout, stderr)."""
+    from embergpt.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def tamper(src: Path, dst: Path, config=None, drop=(), weights=None):
@@ -410,7 +416,7 @@ def test_hostile_directories_are_one_line_errors(tmp_path, transformers_dir, cas
     assert not (tmp_path / "out").exists()
 
 
-def test_broken_files_through_the_cli(tmp_path, transformers_dir):
+def test_broken_files_through_the_cli(tmp_path, transformers_dir, capsys):
     cases = {}
     cases["truncated weights"] = tamper(transformers_dir, tmp_path / "a")
     data = (tmp_path / "a" / "model.safetensors").read_bytes()
@@ -426,19 +432,20 @@ def test_broken_files_through_the_cli(tmp_path, transformers_dir):
     cases["nan weights"] = tamper(transformers_dir, tmp_path / "e",
                                   weights=lambda s: {**s, "lm_head.weight": s["lm_head.weight"] * float("nan")})
     for name, src in cases.items():
-        r = run_cli("import", src, tmp_path / f"out-{name}", "--format", "hf")
+        r = run_cli(capsys, "import", src, tmp_path / f"out-{name}", "--format", "hf")
         assert r.returncode == 2, (name, r.stderr)
         assert r.stderr.count("\n") == 1 and r.stderr.startswith("embergpt import: error:"), (name, r.stderr)
         assert not (tmp_path / f"out-{name}").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
-def test_cli_export_then_import(tmp_path, trained):
-    r = run_cli("export", trained, tmp_path / "hf", "--format", "hf")
+@pytest.mark.slow  # trains a small model first (the module's `trained` fixture)
+def test_cli_export_then_import(tmp_path, trained, capsys):
+    r = run_cli(capsys, "export", trained, tmp_path / "hf", "--format", "hf")
     assert r.returncode == 0, r.stderr
-    r = run_cli("export", trained, tmp_path / "hf", "--format", "hf")
+    r = run_cli(capsys, "export", trained, tmp_path / "hf", "--format", "hf")
     assert r.returncode == 2 and "already exists" in r.stderr and r.stderr.count("\n") == 1
-    r = run_cli("import", tmp_path / "hf", tmp_path / "ck", "--format", "hf")
+    r = run_cli(capsys, "import", tmp_path / "hf", tmp_path / "ck", "--format", "hf")
     assert r.returncode == 0, r.stderr
     a, b = load_checkpoint(trained).model.state_dict(), load_checkpoint(tmp_path / "ck").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
