@@ -54,10 +54,10 @@ def test_prompt_from_a_closed_stdin(checkpoint: Path) -> None:
 
 
 def test_a_request_too_large_for_memory(checkpoint: Path) -> None:
-    # a KV cache for 10^12 rows cannot be allocated: torch raises at once, the CLI says what to do
+    # a KV cache for 10^12 rows cannot be allocated: the engine refuses it before allocating, in one line
     result = run("generate", "--checkpoint", str(checkpoint), "--prompt", "a", "--n-samples", str(10**12),
                  "--max-tokens", "1")
-    one_line_error(result, "generate", "out of memory", "--n-samples")
+    one_line_error(result, "generate", "KV cache for 1000000000000 rows", "fewer samples")
 
 
 def test_a_bug_is_not_disguised_as_a_user_error(monkeypatch) -> None:

@@ -250,6 +250,8 @@ class Engine:
                     f"sequence_len={self.sequence_len}; shorten the prompt or ask for fewer tokens"
                 )
         max_len = self.sequence_len if shift else self.cache_len(longest, max_new_tokens)
+        if self.config is not None and self.supports_kv_cache:
+            self._check_cache_fits(len(rows) * n_samples, max_len)
         requests = [
             Request(ids, max_new_tokens, sampling or GREEDY, None if seed is None else seed + i * n_samples,
                     stop_ids=frozenset(stop_tokens), n=n_samples, context_shift=shift,
@@ -257,6 +259,24 @@ class Engine:
             for i, ids in enumerate(rows)
         ]
         return requests, max_len
+
+    def _check_cache_fits(self, rows: int, max_len: int) -> None:
+        """Refuse, before allocating, a KV cache larger than the memory there is (a one-line ValueError)."""
+        c = self.config
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        need = 2 * c.n_layer * rows * c.n_kv_head * max_len * c.head_dim * itemsize
+        if self.device.type == "cuda":
+            free = torch.cuda.mem_get_info(self.device)[0]
+        else:
+            try:
+                import os
+
+                free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            except (ValueError, OSError, AttributeError):
+                return
+        if need > free:
+            raise ValueError(f"the KV cache for {rows} rows of {max_len} positions needs {need / 2**30:.1f} GiB, "
+                             f"{free / 2**30:.1f} GiB is free: ask for fewer samples or tokens")
 
     def _run(self, requests: list[Request], max_len: int | None) -> Iterator[Event]:
         """Drive one Batch holding every request to the end, yielding its events."""
@@ -291,19 +311,19 @@ class Engine:
         """
         requests, max_len = self._requests(prompts, max_new_tokens, sampling, seed, stop_tokens, n_samples,
                                            return_attention, context_shift)
-        out: dict[tuple[int, int], list[int]] = {(i, j): [] for i in range(len(requests)) for j in range(n_samples)}
+        out: dict[tuple[int, int], list[int]] = {}
         maps: dict[tuple[int, int], list[torch.Tensor]] = {}
         which = {id(r): i for i, r in enumerate(requests)}
         for event in self._run(requests, max_len):
             key = (which[id(event.request)], event.index)
             if event.kind == "token":
-                out[key].append(event.token)
+                out.setdefault(key, []).append(event.token)
             elif event.kind == "done" and event.attention is not None:
                 maps[key] = event.attention
             elif event.kind == "error":
                 raise RuntimeError(event.error)
-        keys = sorted(out)
-        ids = [out[k] for k in keys]
+        keys = [(i, j) for i in range(len(requests)) for j in range(n_samples)]
+        ids = [out.get(k, []) for k in keys]
         if not return_attention:
             return ids
         attention = []

@@ -104,8 +104,12 @@ class ModelService:
         return file_sha256(weights)
 
     def model_shape(self) -> dict[str, Any]:
+        from embergpt.ladder import structure
+
+        kind = getattr(self.model, "kind", "gpt")
         shape = {name: getattr(self.config, name) for name in SHAPE_FIELDS}
-        return {"kind": getattr(self.model, "kind", "gpt"), **shape, "head_dim": self.config.head_dim}
+        # what the model really has (a bigram has no layers, heads or attention), for the web UI
+        return {"kind": kind, **shape, "head_dim": self.config.head_dim, "structure": structure(kind, self.config)}
 
     def info(self) -> dict[str, Any]:
         tok, V = self.tokenizer, self.config.vocab_size
