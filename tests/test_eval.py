@@ -3,9 +3,7 @@ time computation; the bundled task separates a trained model from an untrained o
 
 import json
 import math
-import os
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -135,9 +133,14 @@ def test_trained_model_beats_untrained_on_the_bundled_task(demo_like):
     assert trained["centered_accuracy"] > 0.1
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "embergpt", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+def run_cli(capsys, *args):
+    """The `embergpt` command line, in this process: (exit code, stdout, stderr)."""
+    from embergpt.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 @pytest.fixture
@@ -147,13 +150,13 @@ def small_checkpoint(tmp_path):
                            metadata={"train_config": {"data": "builtin:shakespeare", "val_fraction": 0.1}})
 
 
-def test_cli_json_agrees_with_the_library(small_checkpoint, tmp_path):
+def test_cli_json_agrees_with_the_library(small_checkpoint, tmp_path, capsys):
     items = [{"context": "ROMEO:", "choices": ["\nHello", "\nzzz"], "gold": 0},
              {"context": "JULIET:", "choices": ["\nqqq", "\nAy me!"], "gold": 1}]
     task = tmp_path / "task.jsonl"
     task.write_text("\n".join(json.dumps(i) for i in items) + "\n")
-    r = run_cli("eval", small_checkpoint, "--data", "builtin:shakespeare", "--max-tokens", "300", "--task-file", task,
-                "--json")
+    r = run_cli(capsys, "eval", small_checkpoint, "--data", "builtin:shakespeare", "--max-tokens", "300",
+                "--task-file", task, "--json")
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     ck = load_checkpoint(small_checkpoint)
@@ -200,10 +203,10 @@ def test_bad_task_files_name_the_line(tmp_path, line, message):
     assert "\n" not in str(e.value)
 
 
-def test_bad_input_is_a_one_line_cli_error(small_checkpoint, tmp_path):
+def test_bad_input_is_a_one_line_cli_error(small_checkpoint, tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text('{"context": "a", "choices": ["b"], "gold": 0}\n')
     for args, message in [(["--tasks", "nope"], "unknown task 'nope'"), (["--batch-size", "0"], "batch size"),
                           (["--task-file", tmp_path], "is a directory"), (["--data", tmp_path / "missing"], "no such"),
                           (["--task-file", tmp_path / "bad.jsonl"], "line 1: choices must be 2 to")]:
-        r = run_cli("eval", small_checkpoint, *args)
+        r = run_cli(capsys, "eval", small_checkpoint, *args)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, (args, r.stderr)
