@@ -95,7 +95,8 @@ def _parsers() -> list[tuple[str, argparse.ArgumentParser]]:
 # The verbs whose help this file checks in full; the others are being rewritten in parallel work and join the list
 # when their help is complete (the check itself is the same for every verb).
 CHECKED = ("embergpt tokenizer", "embergpt train", "embergpt check-features", "embergpt micro",
-           "embergpt bench tokenizer", "embergpt bench decode", "embergpt bench micro")
+           "embergpt bench tokenizer", "embergpt bench decode", "embergpt bench micro", "embergpt generate",
+           "embergpt chat", "embergpt serve", "embergpt bench chat")
 
 
 @pytest.mark.parametrize("name", [n for n, _ in _parsers() if n.startswith(CHECKED)])

@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-p", type=float, default=None, help="keep tokens with p >= min_p * p_max (default off)")
     parser.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (turn k uses seed + k; default random)")
-    parser.add_argument("--raw", action="store_true", help="print tool calls as their special tokens")
+    parser.add_argument("--raw", action="store_true",
+                        help="print tool calls as their special tokens (default: as [calculator: 1+2 = 3])")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: $EMBERGPT_DEVICE or best)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on CUDA, else fp32)")
 

@@ -5,19 +5,28 @@ from __future__ import annotations
 import argparse
 import sys
 
+DESCRIPTION = """Continue a prompt with a trained checkpoint, streaming the text as it is generated.
+
+Output longer than the model's context is written in rounds (the context's last half is kept: --context-shift).
+Sampling: temperature (0 or below 0.001 = greedy), then top-k, top-p and min-p, with a repetition penalty."""
+EXAMPLE = """examples:
+  embergpt generate --checkpoint runs/shakespeare/final --prompt "ROMEO:" --max-tokens 200 --top-k 50
+  echo "To be" | embergpt generate --checkpoint runs/shakespeare/final --prompt - --seed 1 --n-samples 3"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint directory (from train)")
     parser.add_argument("--prompt", required=True, help="the text to continue; '-' reads it from stdin")
     parser.add_argument("--max-tokens", type=int, default=None,
                         help="new tokens per sample (default 256; beyond the model's context, see --context-shift)")
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
-    parser.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep mass >= p")
-    parser.add_argument("--min-p", type=float, default=None, help="keep tokens with p >= min_p * p_max")
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 (or below 0.001) = greedy (default 0.8)")
+    parser.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (default off)")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep mass >= p (default off)")
+    parser.add_argument("--min-p", type=float, default=None, help="keep tokens with p >= min_p * p_max (default off)")
     parser.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed for reproducible samples")
-    parser.add_argument("--n-samples", type=int, default=1, help="samples of the same prompt (one shared prefill)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for reproducible samples (default random)")
+    parser.add_argument("--n-samples", type=int, default=1,
+                        help="samples of the same prompt (one shared prefill; default 1)")
     parser.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                         help="print text as it is generated (default; single sample only)")
     parser.add_argument("--context-shift", action=argparse.BooleanOptionalAction, default=True,
@@ -30,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", nargs="?", const="default", default="off",
                         choices=["off", "default", "max-autotune"],
                         help="compile the decode step: slow start, faster steps (max-autotune: slowest start, "
-                             "fastest steps; the best choice with --dtype bfloat16 on CPU)")
+                             "fastest steps; the best choice with --dtype bfloat16 on CPU; default off; --compile "
+                             "alone = default)")
 
 
 def run(args: argparse.Namespace) -> int:

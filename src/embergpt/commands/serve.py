@@ -6,6 +6,13 @@ import argparse
 import ipaddress
 import sys
 
+DESCRIPTION = """Serve a checkpoint over HTTP: the web UI at /, embergpt's JSON API at /api, an OpenAI-compatible API at
+/v1, Prometheus text at /metrics. Binds 127.0.0.1 unless --host says otherwise. The decode step is compiled and
+warmed up before traffic (--compile; /api/health says "ready": false meanwhile)."""
+EXAMPLE = """examples:
+  embergpt serve --checkpoint runs/shakespeare/final                 # http://127.0.0.1:8787/
+  embergpt serve --load-latest runs/shakespeare --port 8000 --compile off"""
+
 # flag -> (type, help); the names, env vars and defaults live in embergpt.serve.settings
 _LIMITS: dict[str, tuple[type, str]] = {
     "max_prompt_bytes": (int, "largest prompt in UTF-8 bytes (default 8192); the body may be 4 KiB more"),
@@ -35,8 +42,10 @@ _LIMITS: dict[str, tuple[type, str]] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory to serve")
-    src.add_argument("--load-latest", metavar="OUT_DIR", help="serve OUT_DIR/final, else its newest step-*/")
+    src.add_argument("--checkpoint", metavar="DIR",
+                     help="checkpoint directory to serve (no default: give this or --load-latest)")
+    src.add_argument("--load-latest", metavar="OUT_DIR",
+                     help="serve OUT_DIR/final, else its newest step-*/ (no default: give this or --checkpoint)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8787, help="port (default 8787; 0 = any free port)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: $EMBERGPT_DEVICE or best)")
@@ -51,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accept-any-model", action="store_true", default=None,
                         help="answer /v1 requests whatever their `model` names (default: only the served model's id; "
                         "others get 404 model_not_found) [EMBERGPT_ACCEPT_ANY_MODEL]")
-    parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
+                        help="uvicorn's log level (default warning)")
     limits = parser.add_argument_group("limits (each also settable as EMBERGPT_<NAME>; the flag wins)")
     for name, (kind, help_text) in _LIMITS.items():
         env = "EMBERGPT_" + name.upper()
