@@ -160,7 +160,7 @@ def test_what_transformers_cannot_represent_is_refused(tmp_path, bpe):
 @pytest.fixture(scope="module")
 def exported_tokenizers(tmp_path_factory, bpe, char):
     out = {}
-    for name, tok in [("bpe", bpe), ("char", char)]:
+    for name, tok in [("bpe", bpe), ("char", char), ("char-chat", CharTokenizer.from_text(SHAKESPEARE, chat=True))]:
         tmp = tmp_path_factory.mktemp(name)
         config = GPTConfig(vocab_size=tok.vocab_size, sequence_len=16, n_layer=1, n_head=2, n_kv_head=1, n_embd=16)
         save_checkpoint(random_model(config), tmp / "ck", tokenizer=tok)
@@ -193,7 +193,7 @@ def test_autotokenizer_matches_ours_on_any_unicode(exported_tokenizers, text):
 @given(data=st.data())
 def test_decoding_any_ids_matches(exported_tokenizers, data):
     """Including byte sequences that are not UTF-8: both put U+FFFD in the same places."""
-    for ours, theirs in exported_tokenizers.values():
+    for ours, theirs in exported_tokenizers.values():  # bpe, char, char with chat tokens
         ids = data.draw(st.lists(st.integers(0, ours.vocab_size - 1), max_size=40))
         assert theirs.decode(ids) == ours.decode(ids)
 
@@ -223,9 +223,10 @@ CONVERSATIONS = [
 ]
 
 
+@pytest.mark.parametrize("kind", ["bpe", "char-chat"])
 @pytest.mark.parametrize("messages", CONVERSATIONS)
-def test_chat_template_renders_like_ours(exported_tokenizers, messages):
-    ours, theirs = exported_tokenizers["bpe"]
+def test_chat_template_renders_like_ours(exported_tokenizers, messages, kind):
+    ours, theirs = exported_tokenizers[kind]
     ids = theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
     assert list(ids) == render_ours(messages, ours)
     from embergpt.chat.template import ConversationError, render_for_generation
@@ -244,6 +245,13 @@ def test_chat_template_renders_like_ours_on_any_conversation(exported_tokenizers
     messages = [{"role": r, "content": c} for r, c in turns]
     ids = theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
     assert list(ids) == render_ours(messages, ours)
+
+
+def test_exported_tokenizers_import_back_exactly(exported_tokenizers):
+    from embergpt.interop.hf_tokenizer import from_hf_tokenizer, to_hf_tokenizer
+
+    for ours, _ in exported_tokenizers.values():  # bpe, char, char with chat tokens
+        assert from_hf_tokenizer(json.loads(to_hf_tokenizer(ours).to_str())).to_json_bytes() == ours.to_json_bytes()
 
 
 def test_tokenizer_written_by_transformers_tiktoken_converter_imports_exactly(bpe, tmp_path):
