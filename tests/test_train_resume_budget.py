@@ -66,7 +66,7 @@ def test_contradictory_or_non_finite_settings_are_one_line_errors(tmp_path, caps
     corpus.write_text(TEXT)
     base = ["train", "--data", str(corpus), "--preset", "tiny", "--quiet", "--out", str(tmp_path / "r")]
     for extra, message in [
-        (["--lr", "inf"], "lr must be a positive finite number"),
+        (["--lr", "inf"], "lr must be a finite number"),
         (["--weight-decay", "nan"], "weight_decay must be a finite number"),
         (["--grad-clip", "nan"], "grad_clip must be a finite number"),
         (["--model", "compare", "--resume", str(tmp_path)], "cannot --resume"),
