@@ -24,7 +24,7 @@ demo: $(STAMP)
 # held-out accuracy per task. At most 100 + 240 s = 5 min 40 s of training all told.
 chat-demo: $(STAMP)
 	test -d runs/shakespeare/final || $(VENV)/bin/embergpt train --demo
-	$(VENV)/bin/embergpt sft runs/shakespeare/final --out runs/chat --overwrite --time-budget 240 --steps 2000
+	$(VENV)/bin/embergpt sft runs/shakespeare/final --out runs/chat --overwrite --time-budget 240 --steps 800
 
 test: $(STAMP)
 	$(PY) -m pytest -q
