@@ -1,7 +1,8 @@
 """Device and dtype selection, decided at run time.
 
 Order: the `--device` flag, then `EMBERGPT_DEVICE`, then the best available: cuda > mps > cpu.
-Compute dtype: bfloat16 on CUDA (fast there), float32 elsewhere, unless `--dtype` says otherwise.
+Compute dtype: bfloat16 on CUDA (fast there), float32 elsewhere, unless `--dtype` says otherwise. Training has
+its own per-device defaults (dtype and compile), decided in `training_defaults`.
 """
 
 from __future__ import annotations
