@@ -13,7 +13,6 @@ harness, so a word keeps its leading space). Reported:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ class ChoiceItem:
 
 def read_choice_items(path: str | Path) -> list[ChoiceItem]:
     """The items of a JSONL task file; InputFileError naming the file and line for anything malformed."""
+    from embergpt import bounded_json
     from embergpt.input_files import read_regular_text
 
     text = read_regular_text(path, max_bytes=MAX_FILE_BYTES, what="task file")
@@ -56,7 +56,7 @@ def read_choice_items(path: str | Path) -> list[ChoiceItem]:
         if len(items) == MAX_ITEMS:
             raise InputFileError(f"task file {str(path)!r} has over {MAX_ITEMS:,} items; split it")
         try:
-            doc = json.loads(line)
+            doc = bounded_json.loads(line, what="item", max_depth=4, error=InputFileError)
             if not isinstance(doc, dict) or set(doc) - {"context", "choices", "gold"} or len(doc) != 3:
                 raise ValueError('expected an object with exactly "context", "choices" and "gold"')
             if not isinstance(doc["choices"], list):
