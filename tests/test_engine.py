@@ -427,5 +427,7 @@ def test_decode_benchmark_measures_hf_on_a_model_of_the_same_size() -> None:
     c = PRESETS["bench"]
     gains_mb = (2 * c.n_layer + 1) * c.n_embd * 4 / 2**20
     assert hf["weights_mb"] == pytest.approx(entry["weights_mb"] + gains_mb, abs=0.06)
-    assert entry["vs_hf"] == pytest.approx(entry["tok_s"] / hf["tok_s"], rel=0.01, abs=0.006)
+    # both tok/s figures are rounded to 0.1 in the report: on a slow machine that alone moves their ratio
+    slack = 0.05 / entry["tok_s"] + 0.05 / hf["tok_s"]
+    assert entry["vs_hf"] == pytest.approx(entry["tok_s"] / hf["tok_s"], rel=0.01 + slack, abs=0.006)
     assert set(report["goals"]) == {"vs_hf", "latency_ratio", "batch_scaling"}

@@ -88,6 +88,12 @@ def compile_step(step: Callable, mode: str, device: torch.device,
     in only for calls that meet a new shape (the ones that compile; patching costs ~40 us per call).
     """
     use_persistent_cache()
+    import torch._dynamo.config as dynamo_config
+
+    # one graph per (row bucket, window) is the design, not a bug: dynamo's default limit (8) would make it give up
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), 256))
     cuda = device.type == "cuda"
     if cuda:
         # one CUDA graph per shape; reduce-overhead = CUDA graphs, max-autotune adds kernel autotuning

@@ -140,7 +140,7 @@ class ModelService:
             "checkpoint": self._checkpoint_summary(),
             "device": str(param.device),
             "dtype": str(param.dtype).removeprefix("torch."),
-            "compile": self.compile_mode,
+            "compile": self.engine.compile_mode,  # "off" if a failed warm-up fell back
             "limits": self.settings.to_dict(),
         }
 
@@ -158,7 +158,7 @@ class ModelService:
         return {
             "status": "ok" if self.ready else "warming_up",
             "ready": self.ready,
-            "compile": self.compile_mode,
+            "compile": self.engine.compile_mode,  # "off" if a failed warm-up fell back
             "dtype": self.dtype,
             # from loading the model to the first request it can take (compiling included)
             "time_to_ready_seconds": None if ready_at is None else round(ready_at - self.started, 3),
