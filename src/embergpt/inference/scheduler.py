@@ -184,9 +184,8 @@ class Scheduler:
         if engine.compile and self.cache is not None and self.batch.active == 0:
             from embergpt.inference.kv_cache import SlotView
 
-            least = self.batch._min_rows
             buckets = [self.max_batch] if self.batch.fixed_slots else sorted(
-                {min(self.max_batch, max(least, 1 << k)) for k in range(self.max_batch.bit_length() + 1)})
+                {min(self.max_batch, 1 << k) for k in range(self.max_batch.bit_length() + 1)})
             sizes = sorted({engine.window(w, self.cache.max_len) for w in range(1, self.cache.max_len + 1)})
             if engine.compile_mode == "default" and engine.device.type == "cpu" and len(sizes) > 3:
                 # dynamic shapes: a few graphs serve every batch and window (dynamo specializes the first shape
