@@ -96,7 +96,8 @@ def _parsers() -> list[tuple[str, argparse.ArgumentParser]]:
 # when their help is complete (the check itself is the same for every verb).
 CHECKED = ("embergpt tokenizer", "embergpt train", "embergpt check-features", "embergpt micro",
            "embergpt bench tokenizer", "embergpt bench decode", "embergpt bench micro", "embergpt generate",
-           "embergpt chat", "embergpt serve", "embergpt bench chat")
+           "embergpt chat", "embergpt serve", "embergpt bench", "embergpt eval", "embergpt export", "embergpt import",
+           "embergpt sft")
 
 
 @pytest.mark.parametrize("name", [n for n, _ in _parsers() if n.startswith(CHECKED)])

@@ -55,10 +55,14 @@ COLD_READY_GOAL_S = 90.0
 WARM_READY_GOAL_S = 20.0
 
 
+EXAMPLE = """example (about 10 minutes on 2 CPU cores, most of it compiling):
+  embergpt bench serve --json --modes off:float32,default:float32 --seconds 4 --repeats 2 --threads 1"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", default="1,16", help="comma-separated client counts (default 1,16)")
-    parser.add_argument("--seconds", type=float, default=6.0, help="length of one round per client count")
-    parser.add_argument("--repeats", type=int, default=3, help="measurement turns; medians are reported")
+    parser.add_argument("--seconds", type=float, default=6.0, help="length of one round per client count (default 6)")
+    parser.add_argument("--repeats", type=int, default=3, help="measurement turns; medians are reported (default 3)")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens generated per request (default 128)")
     parser.add_argument("--prompt-tokens", type=int, default=32, help="prompt length in tokens (default 32)")
     parser.add_argument("--modes", default="auto",
@@ -70,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads of the server and of this process (default: torch's)")
     parser.add_argument("--ready-timeout", type=float, default=1200.0,
-                        help="seconds a server start may take to be ready before the mode is reported as failed")
+                        help="seconds a server start may take to be ready before the mode is reported as failed "
+                             "(default 1200)")
     parser.add_argument("--hf", action=argparse.BooleanOptionalAction, default=True,
                         help="measure HF transformers as the baseline (default on; needs `pip install transformers`)")
 

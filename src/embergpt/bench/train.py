@@ -49,6 +49,10 @@ PLAIN_LOSS = "-plain-loss"
 _MEMORY_CHILD_TIMEOUT = 900  # seconds: a compiled variant compiles again in its subprocess
 
 
+EXAMPLE = """example (a few minutes on 2 CPU cores):
+  embergpt bench train --json --steps 3 --warmup 1 --threads 1 --no-compile"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="sequences per step (default 8)")
     parser.add_argument("--steps", type=int, default=5, metavar="N", help="timed steps per variant (default 5)")
@@ -56,11 +60,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: the best available)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="CPU threads (default: torch's); 1 is steadier on cores shared with other work")
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
-    parser.add_argument("--no-hf", action="store_true", help="skip the HF transformers Llama baseline")
-    parser.add_argument("--hf-compile", action="store_true", help="also time HF's Llama under torch.compile")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    parser.add_argument("--variants", default=None, help="comma-separated subset, e.g. gpt-fp32-eager,hf-bf16-eager")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants (default: run them)")
+    parser.add_argument("--no-hf", action="store_true",
+                        help="skip the HF transformers Llama baseline (default: run it)")
+    parser.add_argument("--hf-compile", action="store_true",
+                        help="also time HF's Llama under torch.compile (default: eager only)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (default: measure)")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated subset, e.g. gpt-fp32-eager,hf-bf16-eager (default: all)")
 
 
 def _llama(vocab: int, seq: int, layers: int, heads: int, width: int) -> Any:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+EXAMPLE = """examples:
+  embergpt eval runs/shakespeare/final --tasks shakespeare-next-line
+  embergpt eval runs/chat/final --tasks chat --json"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from embergpt.eval.tasks import TASK_HELP
@@ -17,14 +21,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="val", choices=["val", "all"],
                         help="val (default): the last val_fraction of the tokens, training's validation part; "
                              "all: every token")
-    parser.add_argument("--tasks", default="", metavar="NAME[,NAME]", help=f"built-in tasks to run ({tasks})")
+    parser.add_argument("--tasks", default="", metavar="NAME[,NAME]",
+                        help=f"built-in tasks to run ({tasks}; default: none)")
     parser.add_argument("--task-file", action="append", default=[], metavar="JSONL",
                         help='multiple-choice items, one JSON object a line: {"context": str, "choices": [str, ...], '
-                             '"gold": int}; may be repeated')
+                             '"gold": int}; may be repeated (default: none)')
     parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward (default 16)")
-    parser.add_argument("--max-tokens", type=int, default=None, help="score at most this many tokens of --data")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="score at most this many tokens of --data (default: all)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: $EMBERGPT_DEVICE or best)")
-    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object (default: a table)")
 
 
 def run(args: argparse.Namespace) -> int:
