@@ -606,3 +606,19 @@ def test_a_request_ending_on_a_stop_string_counts_as_completed(server_url):
     assert body["finish_reason"] == "stop" and body["generated"] == full["generated"][: full["generated"].index(stop)]
     after = httpx.get(server_url + "/api/health").json()["scheduler"]
     assert after["completed"] - before["completed"] == 2 and after["cancelled"] == before["cancelled"]
+
+
+def test_info_describes_a_bigram_as_what_it_is():
+    from fastapi.testclient import TestClient
+
+    from embergpt.config import GPTConfig
+    from embergpt.ladder import LADDER
+    from embergpt.serve.app import create_app
+    from embergpt.tokenizer import CharTokenizer
+
+    tok = CharTokenizer.from_text("abcdef")
+    model = LADDER["bigram"](GPTConfig(vocab_size=tok.vocab_size, sequence_len=32, n_layer=4, n_head=4, n_kv_head=4,
+                                       n_embd=16))
+    with TestClient(create_app(model, tok, ServeSettings(rate_limit_rps=0, compile="off"))) as client:
+        shape = client.get("/api/info").json()["model"]["structure"]
+    assert shape == {"layers": 0, "heads": 0, "kv_heads": 0, "width": tok.vocab_size, "attention": False}

@@ -180,15 +180,22 @@ async function loadInfo() {
   state.info = info;
   const m = info.model;
   const t = info.tokenizer;
+  // what the model really has: a bigram (a table) has no layers, heads or attention
+  const shape = m.structure || { layers: m.n_layer, heads: m.n_head, kv_heads: m.n_kv_head, attention: true };
+  const layersText = shape.attention ? `${shape.layers} layers × ${shape.heads} heads` : "no layers, no attention";
   $("model-summary").replaceChildren(
     el("b", { text: info.model_id }),
-    ` · ${m.kind} · ${formatCount(m.num_params)} parameters · ${m.n_layer} layers × ${m.n_head} heads · ` +
+    ` · ${m.kind} · ${formatCount(m.num_params)} parameters · ${layersText} · ` +
       `context ${m.sequence_len} · ${t.kind} tokenizer (${t.vocab_size})`,
   );
+  if (!shape.attention) {
+    $("attention-toggle").checked = false;
+    $("attention-toggle").disabled = true;
+  }
   const ckpt = info.checkpoint;
   const rows = [
     ["model", `${m.kind} · ${m.num_params.toLocaleString()} params`],
-    ["layers", `${m.n_layer} × ${m.n_head} heads (${m.n_kv_head} kv)`],
+    ["layers", shape.attention ? `${shape.layers} × ${shape.heads} heads (${shape.kv_heads} kv)` : "none (a table)"],
     ["width", `d ${m.n_embd} · context ${m.sequence_len}`],
     ["tokenizer", `${t.kind} · ${t.vocab_size} ids`],
     ["vocabulary", `model ${m.vocab_size} · ${info.vocab_match ? "matches" : "differs"}`, info.vocab_match ? "" : "warn", info.vocab_note],
@@ -203,8 +210,8 @@ async function loadInfo() {
     ]),
   );
   $("max-tokens").max = info.limits.max_output_tokens;
-  fillSelect($("layer-select"), [...Array(m.n_layer).keys()].map((i) => [String(i), `${i}`]));
-  fillSelect($("head-select"), [["avg", "average of heads"], ...[...Array(m.n_head).keys()].map((i) => [String(i), `${i}`])]);
+  fillSelect($("layer-select"), [...Array(shape.layers).keys()].map((i) => [String(i), `${i}`]));
+  fillSelect($("head-select"), [["avg", "average of heads"], ...[...Array(shape.heads).keys()].map((i) => [String(i), `${i}`])]);
 }
 
 function fillSelect(select, options) {
