@@ -62,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
         repetition_penalty=args.repetition_penalty,
     )
     engine = load_for_inference(args.checkpoint, args.device, args.dtype).engine(args.compile)
+    if engine.compile:
+        print(f"embergpt generate: compiling the decode step ({engine.compile_mode}); the first tokens wait for it "
+              "(a minute or more on a small CPU)...", file=sys.stderr, flush=True)
     streaming = args.stream and args.n_samples == 1
     out = sys.stdout
 

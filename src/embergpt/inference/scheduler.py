@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import queue
+import sys
 import threading
 import time
 from typing import Any
@@ -192,6 +193,9 @@ class Scheduler:
                 # and a window that is the whole cache); the other windows reuse them at no cost
                 sizes = [sizes[0], sizes[1], sizes[-1]]
             sizes = sizes[:windows] if windows else sizes
+            print(f"embergpt: compiling the decode step ({engine.compile_mode}, {len(buckets)} row buckets x "
+                  f"{len(sizes)} windows; minutes on a small CPU, seconds with a warm cache)...", file=sys.stderr,
+                  flush=True)
             with torch.inference_mode():
                 for b in buckets:
                     tokens = torch.zeros(b, dtype=torch.long, device=engine.device)
@@ -199,6 +203,8 @@ class Scheduler:
                         engine.decode_step(tokens, SlotView(self.cache, 0, b, w))
                         self.cache.pos.zero_()
         self.warmup_seconds = round(time.monotonic() - start, 3)
+        if engine.compile and self.cache is not None:
+            print(f"embergpt: decode step compiled in {self.warmup_seconds:.1f} s; ready", file=sys.stderr, flush=True)
         self._mark_ready()
         return self.warmup_seconds
 
