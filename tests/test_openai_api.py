@@ -147,7 +147,7 @@ def test_streamed_echo_logprobs_and_usage_equal_the_plain_answer(client, model_i
 
 
 def test_chat_logprobs_agree_with_our_forward_and_no_leading_space(client, model_id, served):
-    from embergpt.serve.chat_template import render_chat
+    from embergpt.chat.template import render_chat
 
     tok, model = served.tokenizer, served.model
     messages = [{"role": "user", "content": "Who goes there?"}]
@@ -199,7 +199,7 @@ def test_tokenize_detokenize_and_tokenizer_info(server_url, served):
     eos = httpx.post(server_url + "/tokenize", json={"prompt": info["eos_token"], "add_special_tokens": False})
     assert eos.json()["tokens"] == [tok.bos_id]
     chat = httpx.post(server_url + "/tokenize", json={"messages": [{"role": "user", "content": "hi"}]}).json()
-    from embergpt.serve.chat_template import render_chat
+    from embergpt.chat.template import render_chat
 
     assert chat["tokens"] == render_chat([("user", "hi")], tok).ids
     bad = httpx.post(server_url + "/detokenize", json={"tokens": [tok.vocab_size]})

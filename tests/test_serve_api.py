@@ -17,12 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from serve_fixtures import ServerProcess, make_model, reference_generate
 
+from embergpt.chat.template import render_chat
 from embergpt.inference.batch import Request
 from embergpt.inference.scheduler import Scheduler
 from embergpt.inference.stop_text import StopText
 from embergpt.run_dir import latest_checkpoint
 from embergpt.sampling import SamplingParams
-from embergpt.serve.chat_template import render_chat
 from embergpt.serve.rate_limit import TokenBucketLimiter
 from embergpt.serve.settings import ServeSettings, resolve_settings
 from embergpt.tokenizer import BPETokenizer, CharTokenizer

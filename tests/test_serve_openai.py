@@ -7,8 +7,8 @@ import openai
 import pytest
 from serve_fixtures import reference_generate
 
+from embergpt.chat.template import render_chat
 from embergpt.sampling import SamplingParams
-from embergpt.serve.chat_template import render_chat
 
 pytest_plugins = ["serve_fixtures"]
 

@@ -85,8 +85,6 @@ class ChatSession:
         seed = None if self.seed is None else self.seed + self.turns
         request = Request(prompt, min(self.max_new_tokens, room - 1), self.sampling, seed,
                           stop_ids=self.stop_ids, tools=True, text=True)
-        if not self.reuse_cache:
-            self._batch._cached_ids = []
         generated: list[int] = []
         events = self._batch.add([request])
         while True:

@@ -80,6 +80,10 @@ class Engine:
     def compile(self) -> bool:
         return self.compile_mode != "off"
 
+    def decode_eagerly(self) -> None:
+        """Drop the compiled step (e.g. after a failed compile): decode_step runs the model eagerly from now on."""
+        self.compile_mode, self._step = "off", None
+
     # ------------------------------------------------------------------ building blocks
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:

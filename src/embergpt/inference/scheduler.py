@@ -220,8 +220,7 @@ class Scheduler:
                 self.warm_up()
             except Exception as e:  # a failed compile must not take the server down: serve eagerly
                 print(f"embergpt: warm-up failed ({type(e).__name__}: {e}); decoding eagerly", flush=True)
-                self.engine.compile_mode = "off"
-                self.engine._step = None
+                self.engine.decode_eagerly()
                 self._mark_ready()
         else:
             self._mark_ready()

@@ -27,7 +27,6 @@ from embergpt.serve.rate_limit import TokenBucketLimiter, client_key
 from embergpt.serve.settings import ServeSettings
 from embergpt.serve.training_metrics import read_metrics
 
-MIN_TEMPERATURE = 1e-3
 SHAPE_FIELDS = ("vocab_size", "sequence_len", "n_layer", "n_head", "n_kv_head", "n_embd")
 
 
@@ -251,8 +250,7 @@ class ModelService:
         min_p: float | None = None,
         repetition_penalty: float = 1.0,
     ) -> SamplingParams:
-        if 0 < temperature < MIN_TEMPERATURE:
-            temperature = 0.0  # the limit of ever colder sampling is argmax; dividing by ~0 would overflow
+        # SamplingParams holds the one rule for every caller (a temperature below its minimum is greedy)
         try:
             return SamplingParams(temperature, top_k or None, top_p, min_p or None, repetition_penalty)
         except ValueError as e:
