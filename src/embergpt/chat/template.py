@@ -34,6 +34,7 @@ from typing import Any
 ROLES = ("system", "user", "assistant")
 PART_TYPES = ("text", "python", "python_output")
 MAX_MESSAGES = 10_000
+Content = str | Sequence[Mapping[str, Any]]  # a message's content: text, or (an assistant's) a list of parts
 
 
 class ConversationError(ValueError):
@@ -94,18 +95,21 @@ def _check_content(content: Any, role: str, i: int) -> None:
     if not content:
         raise ConversationError(f"message {i} ({role}) has an empty list of parts")
     for j, part in enumerate(content):
-        if not isinstance(part, Mapping):
-            raise ConversationError(f"message {i} part {j} is not an object with a type and a text")
-        kind = part.get("type")
-        if kind not in PART_TYPES:
-            raise ConversationError(
-                f"message {i} part {j} has unknown type {kind!r}; use one of {', '.join(PART_TYPES)}"
-            )
-        text = part.get("text")
-        if not isinstance(text, str):
-            raise ConversationError(f"message {i} part {j} ({kind}) needs a string \"text\"")
-        if kind != "python_output" and not text.strip():  # a tool may print nothing; the model may not
+        _check_part(part, i, j)
+        kind = part["type"]
+        if kind != "python_output" and not part["text"].strip():  # a tool may print nothing; the model may not
             raise ConversationError(f"message {i} part {j} ({kind}) has an empty text")
+
+
+def _check_part(part: Any, i: int, j: int) -> None:
+    """Part j of message i is {"type": one of PART_TYPES, "text": str}, else ConversationError."""
+    if not isinstance(part, Mapping):
+        raise ConversationError(f"message {i} part {j} is not an object with a type and a text")
+    kind = part.get("type")
+    if kind not in PART_TYPES:
+        raise ConversationError(f"message {i} part {j} has unknown type {kind!r}; use one of {', '.join(PART_TYPES)}")
+    if not isinstance(part.get("text"), str):
+        raise ConversationError(f"message {i} part {j} ({kind}) needs a string \"text\"")
 
 
 def _merged(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -144,17 +148,25 @@ def render_conversation(
             add([sp["<|user_start|>"], *tokenizer.encode(content), sp["<|user_end|>"]], 0)
             continue
         add([sp["<|assistant_start|>"]], 0)
-        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
-        for part in parts:
-            text_ids = tokenizer.encode(part["text"])
-            if part["type"] == "text":
-                add(text_ids, 1)
-            elif part["type"] == "python":
-                add([sp["<|python_start|>"], *text_ids, sp["<|python_end|>"]], 1)
-            else:
-                add([sp["<|output_start|>"], *text_ids, sp["<|output_end|>"]], 0)
+        for part in _parts(content):
+            add(*_part_ids(part, tokenizer, sp))
         add([sp["<|assistant_end|>"]], 1)
     return ids, mask
+
+
+def _parts(content: Content) -> Sequence[Mapping[str, Any]]:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else content
+
+
+def _part_ids(part: Mapping[str, Any], tokenizer: Any, sp: Mapping[str, int]) -> tuple[list[int], int]:
+    """The ids of one assistant part and their mask bit: its text, a calculator call between its delimiters
+    (written by the model: 1), or the calculator's answer between its own (forced by the decode core: 0)."""
+    text_ids = tokenizer.encode(part["text"])
+    if part["type"] == "text":
+        return text_ids, 1
+    if part["type"] == "python":
+        return [sp["<|python_start|>"], *text_ids, sp["<|python_end|>"]], 1
+    return [sp["<|output_start|>"], *text_ids, sp["<|output_end|>"]], 0
 
 
 def render_for_generation(conversation: Mapping[str, Any] | Sequence[Any], tokenizer: Any) -> list[int]:
@@ -182,28 +194,44 @@ class RenderedChat:
     stop_strings: tuple[str, ...] = field(default_factory=tuple)
 
 
-def render_chat(messages: Sequence[tuple[str, str]], tokenizer: Any, add_bos: bool = True) -> RenderedChat:
+def render_chat(messages: Sequence[tuple[str, Content]], tokenizer: Any, add_bos: bool = True) -> RenderedChat:
     """(role, content) pairs -> prompt ids ending where the assistant's reply starts.
 
-    "special" template (the tokenizer has the chat tokens): as `render_for_generation`, except that any order of
-    roles is accepted and every system message is folded into the next user turn; generation stops at
-    <|assistant_end|> (or <|bos|>). "plain" template (any other tokenizer): lines "System: ...", "User: ...",
-    "Assistant: ...", ending with "Assistant:"; generation stops at a new "\\nUser:" line.
-    Raises ValueError for an unknown role or an empty conversation; the tokenizer's TokenizerError when a content
-    cannot be encoded. `add_bos` applies to the plain template (the special one always starts with <|bos|>).
+    A content is a string or, for an assistant, a list of parts {"type": "text" | "python" | "python_output",
+    "text": str} (a reply with its calculator calls, as in the JSONL conversations; a part's text may be blank).
+    "special" template (the tokenizer has the chat tokens): as `render_for_generation`, parts rendered with the
+    tool's tokens, except that any order of roles is accepted and every system message is folded into the next
+    user turn; generation stops at <|assistant_end|> (or <|bos|>). "plain" template (any other tokenizer): lines
+    "System: ...", "User: ...", "Assistant: ..." (parts joined as text), ending with "Assistant:"; generation stops
+    at a new "\\nUser:" line.
+    Raises ValueError for an unknown role, a bad content or an empty conversation; the tokenizer's TokenizerError
+    when a content cannot be encoded. `add_bos` applies to the plain template (the special one always starts with
+    <|bos|>).
     """
     if not messages:
         raise ValueError("messages is empty; send at least one message")
-    for role, _ in messages:
+    for i, (role, content) in enumerate(messages):
         if role not in ROLES:
             raise ValueError(f"unknown message role {role!r}; use one of {', '.join(ROLES)}")
+        if isinstance(content, str):
+            continue
+        if role != "assistant" or isinstance(content, Mapping) or not isinstance(content, Sequence):
+            raise ValueError(f"message {i} ({role}): the content must be a string (only an assistant's may be a "
+                             "list of parts)")
+        for j, part in enumerate(content):
+            _check_part(part, i, j)
     if getattr(tokenizer, "chat_template", False):
         return _render_special(messages, tokenizer)
     return _render_plain(messages, tokenizer, add_bos)
 
 
-def _merge_system(messages: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
+def content_text(content: Content) -> str:
+    """A content as plain text: the string, or its parts' texts joined."""
+    return content if isinstance(content, str) else "".join(part["text"] for part in content)
+
+
+def _merge_system(messages: Sequence[tuple[str, Content]]) -> list[tuple[str, Content]]:
+    out: list[tuple[str, Content]] = []
     pending_system: list[str] = []
     for role, content in messages:
         if role == "system":
@@ -218,15 +246,17 @@ def _merge_system(messages: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     return out
 
 
-def _render_special(messages: Sequence[tuple[str, str]], tokenizer: Any) -> RenderedChat:
+def _render_special(messages: Sequence[tuple[str, Content]], tokenizer: Any) -> RenderedChat:
     sp = tokenizer.special_tokens
     ids = [sp["<|bos|>"]]
     for role, content in _merge_system(messages):
-        start, end = (sp["<|user_start|>"], sp["<|user_end|>"]) if role == "user" else (
-            sp["<|assistant_start|>"],
-            sp["<|assistant_end|>"],
-        )
-        ids += [start, *tokenizer.encode(content), end]
+        if role == "user":
+            ids += [sp["<|user_start|>"], *tokenizer.encode(content), sp["<|user_end|>"]]
+            continue
+        ids.append(sp["<|assistant_start|>"])
+        for part in _parts(content):
+            ids += _part_ids(part, tokenizer, sp)[0]
+        ids.append(sp["<|assistant_end|>"])
     ids.append(sp["<|assistant_start|>"])
     return RenderedChat(
         ids=ids,
@@ -236,8 +266,8 @@ def _render_special(messages: Sequence[tuple[str, str]], tokenizer: Any) -> Rend
     )
 
 
-def _render_plain(messages: Sequence[tuple[str, str]], tokenizer: Any, add_bos: bool) -> RenderedChat:
-    text = "".join(f"{PLAIN_NAMES[role]}: {content}\n" for role, content in messages) + "Assistant:"
+def _render_plain(messages: Sequence[tuple[str, Content]], tokenizer: Any, add_bos: bool) -> RenderedChat:
+    text = "".join(f"{PLAIN_NAMES[role]}: {content_text(content)}\n" for role, content in messages) + "Assistant:"
     ids = tokenizer.encode(text)
     if add_bos:
         ids = [tokenizer.bos_id, *ids]

@@ -5,7 +5,10 @@
     POST /api/generate/stream   the same as server-sent events: start, token..., done
     POST /api/chat              {messages: [{role, content}], ...the same sampling fields}: one assistant reply,
                                  rendered with the model's chat template, ending at <|assistant_end|>; the
-                                 calculator tool runs when the tokenizer has the tool tokens
+                                 calculator tool runs when the tokenizer has the tool tokens. An assistant's
+                                 content may be a list of parts, so that earlier tool calls are read back as the
+                                 special tokens the model wrote: [{"type": "python", "text": "12+3"},
+                                 {"type": "python_output", "text": "15"}, {"type": "text", "text": "It is 15."}]
     POST /api/chat/stream       the same as server-sent events
     GET  /api/info | /api/health | /api/metrics
 
@@ -87,7 +90,8 @@ def _generate_request(service: ModelService, req: GenerateRequest) -> Generation
 
 
 def _chat_request(service: ModelService, req: ApiChatRequest) -> GenerationRequest:
-    rendered = service.render_chat([(m.role, m.content) for m in req.messages])
+    # parts become plain dicts, the shape the chat template (and the JSONL conversations) use
+    rendered = service.render_chat([(m.role, m.model_dump()["content"]) for m in req.messages])
     return _sampling_request(service, req, rendered.ids, rendered.stop_ids, rendered.stop_strings)
 
 

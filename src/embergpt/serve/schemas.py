@@ -53,9 +53,22 @@ class GenerateRequest(_Request):
     top_logprobs: int = Field(0, ge=0, le=20, description="alternatives (with log-probabilities) per token")
 
 
+MAX_PARTS = 64
+
+
+class ApiChatPart(_Request):
+    type: Literal["text", "python", "python_output"] = Field(
+        description="the reply's text, a calculator call, or the calculator's answer")
+    text: Text
+
+
+Parts = Annotated[list[ApiChatPart], Field(min_length=1, max_length=MAX_PARTS)]
+
+
 class ApiChatMessage(_Request):
     role: Literal["system", "user", "assistant"]
-    content: Text
+    content: Text | Parts = Field(description=f"a string; an assistant's may be a list of up to {MAX_PARTS} parts "
+                                  "(a reply with its calculator calls, rendered with the tool's special tokens)")
 
 
 class ApiChatRequest(_Request):

@@ -279,11 +279,12 @@ class ModelService:
     def token_text(self, token_id: int) -> str:
         return self.tokenizer.decode_bytes([token_id]).decode("utf-8", errors="replace")
 
-    def render_chat(self, messages: list[tuple[str, str]]) -> Any:
-        """(role, content) pairs -> the chat template's RenderedChat (prompt ids, stop ids and strings); 400s."""
-        from embergpt.chat.template import render_chat
+    def render_chat(self, messages: list[tuple[str, Any]]) -> Any:
+        """(role, content) pairs -> the chat template's RenderedChat (prompt ids, stop ids and strings); 400s.
+        A content is a string or an assistant's list of parts (see `embergpt.chat.template.render_chat`)."""
+        from embergpt.chat.template import content_text, render_chat
 
-        self.check_text_size("".join(content for _, content in messages))
+        self.check_text_size("".join(content_text(content) for _, content in messages))
         try:
             return render_chat(messages, self.tokenizer, add_bos=self.add_bos)
         except TokenizerError as e:

@@ -773,8 +773,20 @@ function runStats(done, started, firstToken) {
 class ReplyRenderer {
   constructor(bubble) {
     this.bubble = bubble;
-    this.text = ""; // the reply as plain text, tool segments left out: what is sent back as the assistant's turn
-    this.segments = []; // {type: "text", node} | {type: "tool", expr, output, phase, node}
+    this.text = ""; // the reply as plain text, tool segments left out
+    this.segments = []; // {type: "text", text, node} | {type: "tool", expr, output, phase, node}
+  }
+
+  // What is sent back as the assistant's turn: its text, or after a calculator call a list of parts, which the
+  // server renders with the tool's special tokens, as the model wrote (and was forced to read) them.
+  content() {
+    if (!this.segments.some((seg) => seg.type === "tool")) return this.text;
+    return this.segments.flatMap((seg) => {
+      if (seg.type === "text") return [{ type: "text", text: seg.text }];
+      const call = { type: "python", text: seg.expr };
+      const answered = seg.phase === "output" || seg.phase === "done"; // a stopped reply may end inside a call
+      return answered ? [call, { type: "python_output", text: seg.output }] : [call];
+    });
   }
 
   current() {
@@ -821,11 +833,12 @@ class ReplyRenderer {
     if (!delta) return;
     let seg = this.current();
     if (!seg || seg.type !== "text") {
-      seg = { type: "text", node: el("span", { class: "reply-text" }) };
+      seg = { type: "text", text: "", node: el("span", { class: "reply-text" }) };
       this.segments.push(seg);
       this.bubble.append(seg.node);
     }
     seg.node.textContent += delta;
+    seg.text += delta;
     this.text += delta;
   }
 }
@@ -921,7 +934,7 @@ async function sendChat(event) {
     return;
   }
   // A stopped reply is kept as far as it went: it is what the user saw, so it is what the model is told it said.
-  state.chat.messages.push({ role: "user", content: text }, { role: "assistant", content: renderer.text });
+  state.chat.messages.push({ role: "user", content: text }, { role: "assistant", content: renderer.content() });
 }
 
 function clearChat() {
