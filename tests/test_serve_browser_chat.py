@@ -13,7 +13,7 @@ import torch
 from serve_browser_fixtures import canvas_ink, needs_chromium, screenshot, visible
 from serve_fixtures import ServerProcess
 
-from embergpt.chat.template import render_conversation
+from embergpt.chat.template import render_conversation, render_for_generation
 from embergpt.checkpoint import save_checkpoint
 from embergpt.config import GPTConfig
 from embergpt.model import GPT
@@ -122,13 +122,14 @@ TOOL_CONVERSATION = {
         },
     ]
 }
+TOOL_ALPHABET = "What is It 0123456789+-*/().?"
 MARKERS = {"<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>"}
 
 
 @pytest.fixture(scope="module")
 def tool_server(tmp_path_factory: pytest.TempPathFactory):
     """A server whose tiny chat model, overfit on TOOL_CONVERSATION, greedily calls the calculator."""
-    tok = CharTokenizer.from_text("What is It 0123456789+-*/().?", chat=True)
+    tok = CharTokenizer.from_text(TOOL_ALPHABET, chat=True)
     ids, _ = render_conversation(TOOL_CONVERSATION, tok)
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=tok.vocab_size, sequence_len=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)
@@ -204,6 +205,22 @@ def test_a_tool_call_shows_as_a_calculator_box(browser, tool_server):
         bool(t["forced"]) for t in reply["tokens"]
     ]
     screenshot(page, "ui-chat-tool-1024x768.png")
+
+    # the next turn sends the reply back as parts, which the server renders with the tool's special tokens: the
+    # prompt is the training template's rendering of the same conversation
+    posts: list[dict] = []
+    page.on("request", lambda r: posts.append(r.post_data_json) if r.url.endswith("/api/chat/stream") else None)
+    page.fill("#max-tokens", "20")  # the model's context is 64 tokens
+    send(page, "?")
+    (expr, output), = calls
+    parts = [{"type": "python", "text": expr}, {"type": "python_output", "text": output},
+             {"type": "text", "text": text}]
+    messages = [body["messages"][0], {"role": "assistant", "content": parts}, {"role": "user", "content": "?"}]
+    assert posts[-1]["messages"] == messages
+    assert page.locator(".msg.assistant").count() == 2 and page.is_hidden("#error")
+    again = httpx.post(tool_server + "/api/chat", json={**body, "messages": messages, "max_tokens": 20}, timeout=60)
+    prompt = [t["id"] for t in again.json()["prompt_tokens"]]
+    assert prompt == render_for_generation({"messages": messages}, CharTokenizer.from_text(TOOL_ALPHABET, chat=True))
     assert not errors, errors
     page.close()
 
