@@ -33,7 +33,10 @@ def _check(item):
     elif item.task == "reverse":
         assert item.content == "".join(reversed(m[1]))
     elif item.task == "count":
-        assert item.content == str(sum(c == m[1] for c in m[2]))
+        count = sum(c == m[1] for c in m[2])
+        running = " ".join(c + m[1] + str(m[2][: i + 1].count(m[1])) for i, c in enumerate(m[2]))
+        assert item.content == f"{running} = {count}"
+        assert item.answer == str(count)
     else:
         a, op, b = int(m[1]), m[2], int(m[3])
         value = {"+": a + b, "-": a - b, "*": a * b}[op]
@@ -101,6 +104,10 @@ def test_scoring_counts_right_answers_and_demands_the_tool():
         assert silent["accuracy"] == {task: 0.0}
     assert reply_answer("579<|assistant_end|>", "arithmetic") is None  # the right number without the tool
     assert reply_answer("<|python_start|>1+2<|python_end|><|output_start|>3<|output_end|> 3 ", "arithmetic") == "3"
+    # counting: the total after the running count, or a bare number
+    assert reply_answer("ap0 pp1 pp2 lp2 ep2 = 2<|assistant_end|>", "count") == "2"
+    assert reply_answer("ap0 pp1 pp2 lp2 ep2 = 3", "count") == "3"
+    assert reply_answer(" 2 <|assistant_end|>", "count") == "2"
 
 
 def _greedy_with_tool(model, tokenizer, max_new_tokens):

@@ -8,7 +8,9 @@
 Each item is one user turn (`render_for_generation`) from the "val" split: held-out words and arithmetic problems.
 A reply is right when its text, cut at <|assistant_end|>, equals the expected answer exactly (surrounding white
 space ignored). Arithmetic counts only with the tool: the reply must call it, and the text after the tool's
-output must be the answer. `embergpt eval --tasks chat` runs this (registered in embergpt.eval.tasks).
+output must be the answer. Counting is scored on the total after the last "=" (the reply counts aloud:
+`ap0 pp1 pp2 lp2 ep2 = 2`), or on the whole reply when it has no "=". `embergpt eval --tasks chat` runs this
+(registered in embergpt.eval.tasks).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def reply_answer(reply: str, task: str) -> str | None:
         if "<|python_start|>" not in reply or "<|output_end|>" not in reply:
             return None
         reply = reply.rsplit("<|output_end|>", 1)[1]
+    elif task == "count":
+        reply = reply.rsplit("=", 1)[-1]
     return reply.strip()
 
 

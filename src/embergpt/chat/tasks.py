@@ -4,7 +4,8 @@ Five tasks, with exactly these phrasings (other tools check them):
 
     spell       Spell the word "apple".                     a-p-p-l-e
     reverse     Reverse the word "apple".                   elppa
-    count       How many times does "p" appear in "apple"?  2
+    count       How many times does "p" appear in "apple"?  ap0 pp1 pp2 lp2 ep2 = 2
+                (each letter of the word beside the asked one, the count so far, then the total)
     arithmetic  What is 123 + 456?                          <|python_start|>123+456<|python_end|>
                                                             <|output_start|>579<|output_end|>579
                 (also - and *; operands of 1 to 4 digits; the output part is what the calculator returns)
@@ -106,7 +107,19 @@ def make_item(task: str, rng: np.random.Generator, split: str) -> ChatItem:
 
 def _count_item(words: tuple[str, ...], word: str, rng: np.random.Generator) -> ChatItem:
     """Answers 0, 1 and "more than 1" equally often: with letters drawn from the word, "1" would be right three
-    times in four and a model learns to say "1" instead of counting."""
+    times in four and a model learns to say "1" instead of counting.
+
+    The reply counts aloud: each letter of the word written beside the asked letter, then the count so far, then
+    the total (`ap0 pp1 pp2 lp2 ep2 = 2`). Measured on `make chat-demo`'s recipe (4-layer char model, 800 steps):
+    - answered in one token ("2"): 40-68%, and 2,000 steps did no better than 800. One token must add up the
+      matches over the whole word.
+    - a tally for the calculator (`0+1+1+0+0`): 36-40%, all zeros. With only digits written, the model cannot tell
+      which letter of the word it is at.
+    - a running count `a:0 p:1 p:2 ...`: 40%, all zeros, at 800 and 1,900 steps and with counting half the mix.
+      Carrying the count and the total were learned; comparing the letter with the asked one, far back in the
+      prompt, was not.
+    - this format: 96%. The two letters to compare are the last two tokens, a local test an MLP learns at once.
+    """
     wanted = int(rng.integers(3))
     while True:
         if wanted == 0:
@@ -118,7 +131,9 @@ def _count_item(words: tuple[str, ...], word: str, rng: np.random.Generator) -> 
         word = words[int(rng.integers(len(words)))]  # no letter of that kind here: another word
     letter = letters[int(rng.integers(len(letters)))]
     answer = str(word.count(letter))
-    return ChatItem("count", f'How many times does "{letter}" appear in "{word}"?', answer, answer)
+    running = " ".join(f"{c}{letter}{word[: i + 1].count(letter)}" for i, c in enumerate(word))  # ap0 pp1 ...
+    return ChatItem("count", f'How many times does "{letter}" appear in "{word}"?', f"{running} = {answer}",
+                    answer)
 
 
 def _rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.Generator:
@@ -153,5 +168,5 @@ def task_items(task: str, count: int, seed: int, split: str = "val") -> list[Cha
 def alphabet() -> str:
     """Every character a chat-tasks conversation can contain (a char tokenizer must have them all)."""
     fixed = "".join(IDENTITY_PROMPTS) + IDENTITY_ANSWER + "Spell the word Reverse How many times does appear in"
-    fixed += 'What is ?".-0123456789+*' + "abcdefghijklmnopqrstuvwxyz" + "error: division by zero"
+    fixed += 'What is ?".-0123456789+*=' + "abcdefghijklmnopqrstuvwxyz" + "error: division by zero"
     return "".join(sorted(set(fixed)))
