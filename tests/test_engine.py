@@ -198,9 +198,9 @@ def test_cache_is_sized_to_the_request_and_shrinks_with_gqa_and_mqa() -> None:
     for n_kv in (4, 2, 1):
         engine = Engine(make_model(n_kv_head=n_kv))
         _, cache = engine.prefill(torch.tensor([[1, 2, 3]]), max_new_tokens=10)
-        assert cache.k.shape == (2, 1, n_kv, 13, 8)
+        assert cache.max_len == 13 and cache.k.shape == (2, 1, n_kv, 13 + 1, 8)  # + the one spare position
         sizes[n_kv] = cache.nbytes
-    assert sizes[4] == 2 * sizes[2] == 4 * sizes[1] == 2 * 2 * 1 * 4 * 13 * 8 * 4
+    assert sizes[4] == 2 * sizes[2] == 4 * sizes[1] == 2 * 2 * 1 * 4 * 14 * 8 * 4
 
 
 def test_bfloat16_engine_keeps_weights_and_cache_in_bf16_and_matches_uncached() -> None:

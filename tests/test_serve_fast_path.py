@@ -61,8 +61,15 @@ def run_scheduler(model: torch.nn.Module, compile_mode: str) -> tuple[list[list[
 
 @pytest.mark.slow
 def test_compiled_continuous_batching_equals_the_eager_engine() -> None:
+    from torch._dynamo.utils import counters
+
     model = make_model(40, seed=3)
+    torch._dynamo.reset()
+    counters.clear()
     compiled_tokens, compiled_lp, stats = run_scheduler(model, "default")
+    # warm-up met row buckets 1, 2, 4 and windows 128 and 192 (the whole cache): one graph for a lone row, one for
+    # more (without the cache's spare position, the whole-cache window compiled two more)
+    assert counters["stats"]["unique_graphs"] == 2
     eager_tokens, eager_lp, _ = run_scheduler(model, "off")
     assert stats["decode_rows"] / stats["decode_steps"] > 1.5  # requests really shared steps
     # each request's tokens are those the library engine gives it alone (row seeded with its seed)

@@ -118,7 +118,7 @@ def _count_item(words: tuple[str, ...], word: str, rng: np.random.Generator) -> 
     - a running count `a:0 p:1 p:2 ...`: 40%, all zeros, at 800 and 1,900 steps and with counting half the mix.
       Carrying the count and the total were learned; comparing the letter with the asked one, far back in the
       prompt, was not.
-    - this format: 96%. The two letters to compare are the last two tokens, a local test an MLP learns at once.
+    - this format: 90-96%. The two letters to compare are the last two tokens, a local test an MLP learns at once.
     """
     wanted = int(rng.integers(3))
     while True:

@@ -13,7 +13,7 @@ from embergpt.config import GPTConfig
 
 
 class KVCache:
-    """Per layer k and v buffers of shape [B, n_kv_head, max_len, head_dim] in the compute dtype.
+    """Per layer k and v buffers of shape [B, n_kv_head, max_len + 1, head_dim] in the compute dtype (one spare).
 
     `pos[b]` is the number of tokens already cached for row b; the next token of row b goes to index pos[b].
     `max_pos` is a host-side upper bound of pos, used to refuse overflows without a device sync.
@@ -29,7 +29,10 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> None:
-        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
+        # one spare position past max_len, never written or attended: a window then never spans a whole buffer
+        # dimension, and a dynamic-shape compiled step keeps one graph for every window (a slice that is the
+        # whole dimension made dynamo compile a second graph for the last window: 2 of the 4 graphs of warm-up)
+        shape = (n_layer, batch_size, n_kv_head, max_len + 1, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.pos = torch.zeros(batch_size, dtype=torch.long, device=device)
@@ -82,7 +85,7 @@ class KVCache:
             index = (self.pos[:, None] + torch.arange(T, device=k.device))[:, None, :, None].expand(B, H, T, D)
             self.k[layer].scatter_(2, index, k.to(self.k.dtype))
             self.v[layer].scatter_(2, index, v.to(self.v.dtype))
-        return self.k[layer], self.v[layer]
+        return self.k[layer, :, :, : self.max_len], self.v[layer, :, :, : self.max_len]
 
     def advance(self, n: int) -> None:
         self.pos += n

@@ -189,8 +189,9 @@ class Scheduler:
                 {min(self.max_batch, 1 << k) for k in range(self.max_batch.bit_length() + 1)})
             sizes = sorted({engine.window(w, self.cache.max_len) for w in range(1, self.cache.max_len + 1)})
             if engine.compile_mode == "default" and engine.device.type == "cpu" and len(sizes) > 3:
-                # dynamic shapes: a few graphs serve every batch and window (dynamo specializes the first shape
-                # and a window that is the whole cache); the other windows reuse them at no cost
+                # dynamic shapes: two graphs serve every batch and window (one for a lone row, one for more; the
+                # cache's spare position keeps the last window from being a graph of its own); the smallest,
+                # next and largest windows check that, and the others reuse the graphs at no cost
                 sizes = [sizes[0], sizes[1], sizes[-1]]
             sizes = sizes[:windows] if windows else sizes
             print(f"embergpt: compiling the decode step ({engine.compile_mode}, {len(buckets)} row buckets x "
