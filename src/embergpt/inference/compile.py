@@ -94,6 +94,11 @@ def compile_step(step: Callable, mode: str, device: torch.device,
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(dynamo_config, name):
             setattr(dynamo_config, name, max(getattr(dynamo_config, name), 256))
+    # the model's float attributes (norm eps, softcap) are constants: left dynamic (torch 2.13's default), each
+    # becomes a graph input read back with .item() (22 of the step's 502 traced nodes), which the symbolic trace of
+    # every start pays for
+    if hasattr(dynamo_config, "specialize_float"):
+        dynamo_config.specialize_float = True
     cuda = device.type == "cuda"
     if cuda:
         # one CUDA graph per shape; reduce-overhead = CUDA graphs, max-autotune adds kernel autotuning
