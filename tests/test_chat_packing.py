@@ -139,3 +139,25 @@ def test_conversations_from_https_and_hf(monkeypatch, tmp_path):
         server.add_dataset("org/bad", [{"messages": messages[0]}, {"messages": [{"role": "user"}]}])
         with pytest.raises(DataError, match=r"hf://org/bad\?column=messages line 2: message 0 \(user\) has no content"):
             load_conversations("hf://org/bad?column=messages")
+
+
+def test_best_fill_matches_a_brute_force_search():
+    """The two-pointer search fills as much of the space as trying every single conversation and every pair."""
+    import itertools
+    import random
+
+    from embergpt.chat.packing import _best_fill
+
+    rng = random.Random(0)
+    for _ in range(500):
+        lengths = [rng.randint(1, 120) for _ in range(rng.randint(1, 12))]
+        space = rng.randint(1, 129)
+        for pairs in (False, True):
+            chosen = _best_fill(lengths, space, pairs)
+            options = [(k,) for k in range(len(lengths))]
+            if pairs:
+                options += list(itertools.combinations(range(len(lengths)), 2))
+            best = max((sum(lengths[k] for k in o) for o in options if sum(lengths[k] for k in o) <= space),
+                       default=0)
+            assert len(set(chosen)) == len(chosen) <= (2 if pairs else 1)
+            assert sum(lengths[k] for k in chosen) == best
