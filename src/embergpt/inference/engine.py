@@ -268,7 +268,7 @@ class Engine:
         """Refuse, before allocating, a KV cache larger than the memory there is (a one-line ValueError)."""
         c = self.config
         itemsize = torch.empty((), dtype=self.dtype).element_size()
-        need = 2 * c.n_layer * rows * c.n_kv_head * max_len * c.head_dim * itemsize
+        need = 2 * c.n_layer * rows * c.n_kv_head * (max_len + 1) * c.head_dim * itemsize  # + the spare
         if self.device.type == "cuda":
             free = torch.cuda.mem_get_info(self.device)[0]
         else:

@@ -114,7 +114,8 @@ def _cache_checks(device: torch.device) -> list[Check]:
     sizes = {}
     for name, n_kv in (("MHA", config.n_head), ("GQA", config.n_head // 2), ("MQA", 1)):
         sizes[name] = KVCache.for_model(config.replace(n_kv_head=n_kv), 1, dtype=torch.float32, device="cpu").nbytes
-    expected = 2 * config.n_layer * config.n_head * config.sequence_len * config.head_dim * 4
+    # k and v, per layer and head, sequence_len positions + the one spare (see KVCache), fp32
+    expected = 2 * config.n_layer * config.n_head * (config.sequence_len + 1) * config.head_dim * 4
     ok = sizes["MHA"] == expected and sizes["MHA"] == 2 * sizes["GQA"] == config.n_head * sizes["MQA"]
     detail = ", ".join(f"{k} {v / 1024:.0f} KiB" for k, v in sizes.items())
     checks.append(("kv-cache: nbytes shrinks with GQA and MQA", ok, f"{detail} (T={config.sequence_len}, fp32)"))
