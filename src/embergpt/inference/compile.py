@@ -9,7 +9,8 @@ Modes (`Engine(compile=...)`, `embergpt generate|serve --compile`):
   i.e. CUDA graphs, one per (batch bucket, window).
 - "max-autotune": GEMM kernels picked by timing at compile time. On CPU the weights are frozen (prepacked) into
   the graph and inductor's C++ GEMM templates are tried against aten: what makes bf16 decode fast on CPUs without
-  AMX. It needs static shapes, so there is one graph per (batch bucket, window), and each takes long to compile.
+  AMX. The templates need a static number of rows, so there is one graph per row bucket (the attention window
+  stays dynamic), and each takes long to compile (~60 s on a 2-core CPU).
 
 Compiled artifacts (inductor's FX graph and autotune caches) are kept in `$EMBERGPT_CACHE/inductor` (default
 `~/.cache/embergpt/inductor`) unless TORCHINDUCTOR_CACHE_DIR is set, so a second start reuses them.
@@ -113,20 +114,31 @@ def compile_step(step: Callable, mode: str, device: torch.device,
         if hasattr(fx_config, "use_duck_shape"):
             fx_config.use_duck_shape = False
         return torch.compile(_own_code(step), dynamic=True, fullgraph=True)
-    compiled = torch.compile(_own_code(step), dynamic=False, fullgraph=True)
+    # max-autotune: frozen weights and GEMM kernels picked for a static number of rows, so one graph per row count
+    # (each its own code copy: automatic dynamic shapes would otherwise turn the rows dynamic on the second count),
+    # with the attention window dynamic (the view's `span`): 5 graphs for buckets 1..16 instead of one per
+    # (rows, window), 60 for a 1536-position cache
     import torch._inductor.config as inductor_config
 
     settings = {k: v for k, v in CPU_MAX_AUTOTUNE.items() if hasattr(inductor_config, k)}
+    by_rows: dict[int, Callable] = {}
     seen: set[tuple] = set()
 
-    def patched(*args: Any) -> Any:
-        key = shape_key(*args) if shape_key is not None else ()
+    def patched(tokens: torch.Tensor, view: Any) -> Any:
+        compiled = by_rows.get(tokens.size(0))
+        if compiled is None:
+            compiled = by_rows[tokens.size(0)] = torch.compile(_own_code(step), dynamic=None, fullgraph=True)
+        key = shape_key(tokens, view) if shape_key is not None else ()
         if key in seen:
-            return compiled(*args)
+            return compiled(tokens, view)
+        span = getattr(view, "span", None)
+        if span is not None and span.size(0) >= 2:
+            # at most max_len: the buffer has one spare position, which no window reaches
+            torch._dynamo.mark_dynamic(span, 0, min=2, max=max(2, view.k.size(3) - 1))
         # the settings must hold while dynamo traces and inductor compiles, i.e. inside the call that meets a new
         # shape: passed as torch.compile(options=...), `freezing` is silently not applied
         with inductor_config.patch(settings):
-            out = compiled(*args)
+            out = compiled(tokens, view)
         seen.add(key)
         return out
 

@@ -131,6 +131,9 @@ class SlotView:
         self.pos = cache.pos[start : start + n]
         self.start, self.window = start, window
         device = cache.pos.device
+        # the window as a (zero-byte) tensor's length: a compiler can mark it dynamic while the rows stay static
+        # (max-autotune on CPU: one graph per row count for every window, see inference/compile.py)
+        self.span = torch.empty(window, 0, device=device)
         self.rows = torch.arange(start, start + n, device=device)
         self.layer_ids = cache.layer_ids
         self.heads = cache.heads
@@ -151,8 +154,8 @@ class SlotView:
             index = (self.pos[:, None] + torch.arange(T, device=k.device))[:, None, :, None].expand(n, H, T, D)
             self.k[layer, rows].scatter_(2, index, k.to(self.k.dtype))
             self.v[layer, rows].scatter_(2, index, v.to(self.v.dtype))
-        rows = slice(self.start, self.start + self.rows.size(0))
-        return self.k[layer, rows, :, : self.window], self.v[layer, rows, :, : self.window]
+        rows, window = slice(self.start, self.start + self.rows.size(0)), self.span.size(0)
+        return self.k[layer, rows, :, :window], self.v[layer, rows, :, :window]
 
     def advance(self, n: int) -> None:
         self.pos += n

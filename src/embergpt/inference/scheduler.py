@@ -176,9 +176,9 @@ class Scheduler:
     def warm_up(self, windows: int | None = None) -> float:
         """Compile (and run once) every decode graph the batch will use, before traffic; returns the seconds taken.
 
-        A compiled step has one graph per (batch bucket, window) (max-autotune, CUDA graphs) or a couple of
-        dynamic ones (default on CPU); each is met here with dummy tokens in free slots. `windows` caps how many
-        window sizes are warmed (default: all). Eager engines need nothing. Sets `ready`.
+        A compiled step has one graph per (batch bucket, window) (CUDA graphs), one per batch bucket (max-autotune
+        on CPU) or two dynamic ones (default on CPU); each is met here with dummy tokens in free slots. `windows`
+        caps how many window sizes are warmed (default: all). Eager engines need nothing. Sets `ready`.
         """
         start = time.monotonic()
         engine = self.engine
@@ -188,10 +188,11 @@ class Scheduler:
             buckets = [self.max_batch] if self.batch.fixed_slots else sorted(
                 {min(self.max_batch, 1 << k) for k in range(self.max_batch.bit_length() + 1)})
             sizes = sorted({engine.window(w, self.cache.max_len) for w in range(1, self.cache.max_len + 1)})
-            if engine.compile_mode == "default" and engine.device.type == "cpu" and len(sizes) > 3:
-                # dynamic shapes: two graphs serve every batch and window (one for a lone row, one for more; the
-                # cache's spare position keeps the last window from being a graph of its own); the smallest,
-                # next and largest windows check that, and the others reuse the graphs at no cost
+            if engine.device.type == "cpu" and len(sizes) > 3:
+                # the window is dynamic on CPU: "default" has two graphs for every batch and window (one for a
+                # lone row, one for more), "max-autotune" one per row bucket (the cache's spare position keeps
+                # the last window from being a graph of its own); the smallest, next and largest windows check
+                # that, and the others reuse the graphs at no cost
                 sizes = [sizes[0], sizes[1], sizes[-1]]
             sizes = sizes[:windows] if windows else sizes
             print(f"embergpt: compiling the decode step ({engine.compile_mode}, {len(buckets)} row buckets x "
