@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import types
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,8 @@ def compile_step(step: Callable, mode: str, device: torch.device,
     import torch._inductor.config as inductor_config
 
     settings = {k: v for k, v in CPU_MAX_AUTOTUNE.items() if hasattr(inductor_config, k)}
+    # inductor's GEMM autotuning (torch 2.13) calls the deprecated Tensor.storage(); its warning is not the user's
+    warnings.filterwarnings("ignore", message="TypedStorage is deprecated", category=UserWarning)
     by_rows: dict[int, Callable] = {}
     seen: set[tuple] = set()
 
