@@ -141,8 +141,9 @@ class PackedSampler:
                 for k in sorted(chosen, reverse=True):
                     del self.buffer[k]
                 for index in picked:
-                    row.append((index, self._rendered.pop(index)))
-                    space -= len(row[-1][1][0])
+                    rendered = self._rendered.pop(index)
+                    row.append((index, rendered))
+                    space -= len(rendered[0])
             rows.append(row)
         return rows
 

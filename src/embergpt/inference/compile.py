@@ -137,7 +137,7 @@ def compile_step(step: Callable, mode: str, device: torch.device,
         span = getattr(view, "span", None)
         if span is not None and span.size(0) >= 2:
             # at most max_len: the buffer has one spare position, which no window reaches
-            torch._dynamo.mark_dynamic(span, 0, min=2, max=max(2, view.k.size(3) - 1))
+            torch._dynamo.mark_dynamic(span, 0, min=2, max=view.k.size(3) - 1)
         # the settings must hold while dynamo traces and inductor compiles, i.e. inside the call that meets a new
         # shape: passed as torch.compile(options=...), `freezing` is silently not applied
         with inductor_config.patch(settings):

@@ -23,6 +23,7 @@ each row's sequence at every step, giving the same tokens, only slower.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -266,15 +267,11 @@ class Engine:
 
     def _check_cache_fits(self, rows: int, max_len: int) -> None:
         """Refuse, before allocating, a KV cache larger than the memory there is (a one-line ValueError)."""
-        c = self.config
-        itemsize = torch.empty((), dtype=self.dtype).element_size()
-        need = 2 * c.n_layer * rows * c.n_kv_head * (max_len + 1) * c.head_dim * itemsize  # + the spare
+        need = KVCache.bytes_for(self.config, rows, max_len, self.dtype)
         if self.device.type == "cuda":
             free = torch.cuda.mem_get_info(self.device)[0]
         else:
             try:
-                import os
-
                 free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
             except (ValueError, OSError, AttributeError):
                 return

@@ -59,6 +59,13 @@ class KVCache:
             )
         return cls(config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim, dtype, device)
 
+    @staticmethod
+    def bytes_for(config: GPTConfig, batch_size: int, max_len: int, dtype: torch.dtype) -> int:
+        """The bytes of k and v a cache of `batch_size` rows x `max_len` positions holds (with its spare position),
+        known before allocating it."""
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return 2 * config.n_layer * batch_size * config.n_kv_head * (max_len + 1) * config.head_dim * itemsize
+
     @property
     def batch_size(self) -> int:
         return self.pos.size(0)
@@ -129,7 +136,7 @@ class SlotView:
                              f"{cache.batch_size} rows x {cache.max_len} positions")
         self.k, self.v = cache.k, cache.v
         self.pos = cache.pos[start : start + n]
-        self.start, self.window = start, window
+        self.start = start
         device = cache.pos.device
         # the window as a (zero-byte) tensor's length: a compiler can mark it dynamic while the rows stay static
         # (max-autotune on CPU: one graph per row count for every window, see inference/compile.py)
@@ -137,6 +144,11 @@ class SlotView:
         self.rows = torch.arange(start, start + n, device=device)
         self.layer_ids = cache.layer_ids
         self.heads = cache.heads
+
+    @property
+    def window(self) -> int:
+        """Cache positions a forward through this view attends over (the length of `span`)."""
+        return self.span.size(0)
 
     def check_capacity(self, n_new: int) -> None:
         pass  # checked by the caller on host-side positions (no device sync)
@@ -154,8 +166,8 @@ class SlotView:
             index = (self.pos[:, None] + torch.arange(T, device=k.device))[:, None, :, None].expand(n, H, T, D)
             self.k[layer, rows].scatter_(2, index, k.to(self.k.dtype))
             self.v[layer, rows].scatter_(2, index, v.to(self.v.dtype))
-        rows, window = slice(self.start, self.start + self.rows.size(0)), self.span.size(0)
-        return self.k[layer, rows, :, :window], self.v[layer, rows, :, :window]
+        rows = slice(self.start, self.start + self.rows.size(0))
+        return self.k[layer, rows, :, : self.window], self.v[layer, rows, :, : self.window]
 
     def advance(self, n: int) -> None:
         self.pos += n

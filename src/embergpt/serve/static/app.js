@@ -773,14 +773,13 @@ function runStats(done, started, firstToken) {
 class ReplyRenderer {
   constructor(bubble) {
     this.bubble = bubble;
-    this.text = ""; // the reply as plain text, tool segments left out
     this.segments = []; // {type: "text", text, node} | {type: "tool", expr, output, phase, node}
   }
 
   // What is sent back as the assistant's turn: its text, or after a calculator call a list of parts, which the
   // server renders with the tool's special tokens, as the model wrote (and was forced to read) them.
   content() {
-    if (!this.segments.some((seg) => seg.type === "tool")) return this.text;
+    if (!this.segments.some((seg) => seg.type === "tool")) return this.segments.map((seg) => seg.text).join("");
     return this.segments.flatMap((seg) => {
       if (seg.type === "text") return [{ type: "text", text: seg.text }];
       const call = { type: "python", text: seg.expr };
@@ -839,7 +838,6 @@ class ReplyRenderer {
     }
     seg.node.textContent += delta;
     seg.text += delta;
-    this.text += delta;
   }
 }
 
