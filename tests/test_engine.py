@@ -269,6 +269,19 @@ def test_max_autotune_decode_step_equals_eager(dtype: torch.dtype, atol: float, 
         assert tuned.generate(PROMPTS, 30) == eager.generate(PROMPTS, 30)
 
 
+@pytest.mark.slow
+def test_max_autotune_keeps_one_graph_per_row_count_across_windows() -> None:
+    """The tuned step's rows are static and its attention window dynamic: 200 tokens cross the 128-position window
+    bucket into the next with one graph, and the tokens are the eager engine's."""
+    from torch._dynamo.utils import counters
+
+    model = make_model(13, sequence_len=320)
+    eager = Engine(model).generate([PROMPTS[0]], 200)
+    counters.clear()
+    assert Engine(model, compile="max-autotune").generate([PROMPTS[0]], 200) == eager
+    assert counters["stats"]["unique_graphs"] == 1
+
+
 def test_unknown_compile_mode_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="compile must be one of off, default, max-autotune"):
         Engine(make_model(), compile="fastest")
