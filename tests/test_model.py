@@ -31,6 +31,15 @@ def test_shapes_and_loss():
     assert loss.dim() == 0 and torch.isfinite(loss)
 
 
+def test_logits_at_one_position_per_row_equals_the_full_logits_there():
+    model = make_model()
+    idx = torch.randint(0, 50, (3, 12))
+    at = torch.tensor([11, 0, 5])
+    picked = model(idx, logits_at=at)
+    assert picked.shape == (3, 50)
+    torch.testing.assert_close(picked, model(idx)[torch.arange(3), at], rtol=1e-5, atol=1e-5)
+
+
 def test_ignored_targets():
     model = make_model()
     idx = torch.randint(0, 50, (2, 10))

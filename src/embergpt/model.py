@@ -209,10 +209,12 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         kv_cache: Any = None,
         return_attention: bool = False,
+        logits_at: torch.Tensor | None = None,
     ) -> Any:
         """idx [B, T] token ids -> logits [B, T, V] (fp32), or the mean cross-entropy when targets [B, T] are
         given (targets of -1 are ignored). With return_attention=True, returns (logits or loss, attention) where
-        attention is a list (one per layer) of probabilities [B, H, T, Tk].
+        attention is a list (one per layer) of probabilities [B, H, T, Tk]. logits_at [B] picks one position per
+        row: only its logits are computed, [B, V] (a prefill needs each prompt's last, not all T x V of them).
         """
         B, T = idx.shape
         if kv_cache is None:
@@ -238,7 +240,9 @@ class GPT(nn.Module):
             # the same logits and cross-entropy as below, a block of rows at a time: never the whole [B, T, V]
             loss = chunked_cross_entropy(x, self.lm_head.weight, targets, self.config.softcap, LOGIT_CLAMP)
             return (loss, attention) if return_attention else loss
-        logits = self.lm_head(x).float()  # (B, T, V), fp32 from here on
+        if logits_at is not None:
+            x = x[torch.arange(B, device=x.device), logits_at]  # (B, C)
+        logits = self.lm_head(x).float()  # (B, T, V) or (B, V), fp32 from here on
         logits = logits.clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
         if self.config.softcap is not None:
             c = self.config.softcap

@@ -175,15 +175,18 @@ class Batch:
         reused = self._reusable(requests[0]) if self.reuse_prefix else 0
         self.counts["reused_tokens"] += reused
         self.counts["prefill_tokens"] += sum(lengths) - reused
-        if reused:  # only the new tokens go through the model; logits [1, T_new, V] are those of the prompt's end
-            new_logits, _ = engine.prefill(ids[:, reused:], [lengths[0] - reused], self.cache, start=start,
-                                           all_logits=True, offset=reused)
-            logits = torch.cat([new_logits.new_zeros(1, reused, new_logits.size(-1)), new_logits], 1)
+        # each prompt's last logits start its reply; prompt logprobs need those of every position
+        every = any(r.prompt_logprobs is not None for r in requests)
+        if reused:  # only the new tokens go through the model, at the cached prefix's offset
+            logits, _ = engine.prefill(ids[:, reused:], [lengths[0] - reused], self.cache, start=start,
+                                       all_logits=every, offset=reused)
+            if every:  # [1, T_new, V] are the logits of the prompt's end
+                logits = torch.cat([logits.new_zeros(1, reused, logits.size(-1)), logits], 1)
         elif self.cache is not None:
-            logits, _ = engine.prefill(ids, lengths, self.cache, start=start, all_logits=True)
+            logits, _ = engine.prefill(ids, lengths, self.cache, start=start, all_logits=every)
         else:
-            logits = engine.model(ids)
-        last = logits[torch.arange(len(requests), device=engine.device), torch.tensor(lengths) - 1]
+            logits, every = engine.model(ids), True
+        last = logits[torch.arange(len(requests), device=engine.device), torch.tensor(lengths) - 1] if every else logits
         events: list[Event] = []
         new_rows: list[_Row] = []
         row_logits = []

@@ -165,13 +165,12 @@ class Engine:
                              "use a shorter prompt")
         cache.pos[start : start + B] = offset
         view = SlotView(cache, start, B, self.window(offset + T, cache.max_len))
-        out = self.model(ids, kv_cache=view, return_attention=return_attention)
+        ends = torch.tensor(lengths, device=self.device)
+        out = self.model(ids, kv_cache=view, return_attention=return_attention,
+                         logits_at=None if all_logits else ends - 1)
         logits, attention = out if return_attention else (out, None)
-        cache.pos[start : start + B] = torch.tensor(lengths, device=self.device) + offset
+        cache.pos[start : start + B] = ends + offset
         cache.max_pos = max(cache.max_pos, offset + max(lengths))
-        if not all_logits:
-            last = torch.tensor(lengths, device=self.device) - 1
-            logits = logits[torch.arange(B, device=self.device), last]
         return (logits, cache, attention) if return_attention else (logits, cache)
 
     def cache_len(self, prompt_len: int, max_new_tokens: int) -> int:
