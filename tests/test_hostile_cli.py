@@ -119,3 +119,29 @@ def test_a_batch_that_cannot_fit_is_refused_by_the_config():
     with pytest.raises(ValueError, match="--batch-size"):
         TrainConfig(batch_size=10**9)
     TrainConfig(batch_size=32).model_config(vocab_size=66)  # the demo's shape fits anywhere
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"WORLD_SIZE": "abc"}, ("WORLD_SIZE", "whole number")),
+    ({"WORLD_SIZE": "99999999999999999999"}, ("WORLD_SIZE", "[1, 65536]")),
+    ({"WORLD_SIZE": "2"}, ("RANK is not", "torchrun")),
+    ({"WORLD_SIZE": "2", "RANK": "5"}, ("RANK", "[0, 1]")),
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "-1"}, ("LOCAL_RANK",)),
+])
+def test_a_broken_torchrun_environment_is_one_line(tmp_path, env, words):
+    result = run_cli("train", "--steps", "1", "--preset", "shakespeare-char", "--out", str(tmp_path / "run"), env=env)
+    assert_one_line_error(result, *words)
+    assert not (tmp_path / "run").exists()
+
+
+def test_torchrun_environment_read_back(monkeypatch):
+    from embergpt.train.distributed import is_main_process, torchrun_env
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert torchrun_env() == (0, 1, 0) and is_main_process()
+    monkeypatch.setenv("RANK", "3")  # RANK without a world of more than one is not torchrun's
+    assert torchrun_env() == (0, 1, 0)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert torchrun_env() == (3, 4, 1) and not is_main_process()

@@ -8,7 +8,6 @@ task on held-out items (`--eval-items`, 0 to skip), which `embergpt eval --tasks
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
@@ -52,6 +51,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from embergpt.chat.tasks import SOURCE
     from embergpt.train import train
+    from embergpt.train.distributed import is_main_process
 
     if args.eval_items < 0:
         raise ValueError(f"--eval-items must be >= 0, got {args.eval_items}")
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.stage != "sft":
         raise ValueError(f"{cfg.resume} is not an SFT run; continue it with embergpt train --resume")
     result = train(cfg)
-    if int(os.environ.get("RANK", "0")) != 0 or result.interrupted:
+    if not is_main_process() or result.interrupted:
         return result.exit_code
     val = f"val loss {result.val_loss:.4f}" if result.val_loss is not None else "no validation"
     print(f"done: {result.step} steps, {result.train_seconds:.0f} s of training, {val}")

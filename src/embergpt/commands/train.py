@@ -158,10 +158,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from embergpt.train import train
+    from embergpt.train.distributed import is_main_process
 
     cfg = config_from_args(args)
     result = train(cfg)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         return result.exit_code
     if result.interrupted:
         return result.exit_code

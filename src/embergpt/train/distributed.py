@@ -41,16 +41,44 @@ class DistContext:
             dist.barrier()
 
 
-def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+MAX_WORLD_SIZE = 1 << 16
+
+
+def _env_int(name: str, default: int | None, low: int, high: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        if default is None:
+            raise ValueError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')} is set but {name} is not: launch with "
+                             "torchrun, or unset WORLD_SIZE")
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise ValueError(f"environment variable {name}={raw[:40]!r} is not a whole number in [{low}, {high}]; "
+                         "launch with torchrun, or unset it")
+    return value
+
+
+def torchrun_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment, checked; (0, 1, 0) without it."""
+    world = _env_int("WORLD_SIZE", 1, 1, MAX_WORLD_SIZE)
+    if world == 1:
+        return 0, 1, 0
+    return _env_int("RANK", None, 0, world - 1), world, _env_int("LOCAL_RANK", 0, 0, world - 1)
+
+
+def is_main_process() -> bool:
+    """Whether this process prints a run's summary: rank 0 of torchrun, or a plain run."""
+    return torchrun_env()[0] == 0
 
 
 def init_distributed(device_name: str | None) -> DistContext:
     """Join the torchrun process group when there is one; resolve this rank's device either way."""
-    if not launched_by_torchrun():
+    rank, world, local_rank = torchrun_env()
+    if world == 1:
         return DistContext(0, 1, 0, resolve_device(device_name))
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
