@@ -36,6 +36,11 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.pos = torch.zeros(batch_size, dtype=torch.long, device=device)
+        if self.k.device.type == "cuda":
+            # CUDA graphs (torch.compile's "reduce-overhead") replay only if every input a step mutates has a
+            # fixed address; unmarked, they are skipped for "mutated inputs" and each step launches its kernels
+            for t in (self.k, self.v, self.pos):
+                torch._dynamo.mark_static_address(t)
         self.max_len = max_len
         self.max_pos = 0
         # index tensors of SlotView.update, made once
@@ -136,6 +141,8 @@ class SlotView:
                              f"{cache.batch_size} rows x {cache.max_len} positions")
         self.k, self.v = cache.k, cache.v
         self.pos = cache.pos[start : start + n]
+        if self.pos.device.type == "cuda":  # a step advances it in place: a static address, as in KVCache
+            torch._dynamo.mark_static_address(self.pos)
         self.start = start
         device = cache.pos.device
         # the window as a (zero-byte) tensor's length: a compiler can mark it dynamic while the rows stay static
