@@ -7,9 +7,12 @@ import argparse
 import math
 
 import pytest
-from hostile import assert_one_line_error, run_cli, tiny_checkpoint
+import torch
+from hostile import assert_one_line, assert_one_line_error, run_cli, tiny_checkpoint
 
+from embergpt import GPT, GPTConfig
 from embergpt.sampling import MAX_TEMPERATURE, MIN_TEMPERATURE, SamplingParams
+from embergpt.tokenizer import CharTokenizer
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1e-300, 5e-324, MIN_TEMPERATURE / 2])
@@ -145,3 +148,71 @@ def test_torchrun_environment_read_back(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert torchrun_env() == (3, 4, 1) and not is_main_process()
+
+
+# ---- whole numbers that reach a C call: one check per kind (embergpt.whole_numbers), at every entry point
+
+HUGE = str(2**70)
+
+
+@pytest.mark.parametrize("value", [-1, 2**63, 2**70, True, 1.0, "7", None])
+def test_a_seed_outside_int64_is_refused_by_the_one_check(value):
+    from embergpt.train.config import TrainConfig
+    from embergpt.whole_numbers import MAX_SEED, check_seed
+
+    with pytest.raises(ValueError, match="seed must be a whole number") as e:
+        check_seed(value)
+    assert_one_line(str(e.value))
+    with pytest.raises(ValueError, match="seed must be"):
+        TrainConfig(seed=value)
+    assert check_seed(MAX_SEED) == MAX_SEED and TrainConfig(seed=MAX_SEED).seed == MAX_SEED
+    assert torch.Generator().manual_seed(MAX_SEED).initial_seed() == MAX_SEED  # the top of the range is usable
+
+
+@pytest.mark.parametrize("value", [0, -1, 2**31, 2**63, True, "4"])
+def test_a_thread_count_out_of_range_is_refused_by_the_one_check(value):
+    from embergpt.train.config import TrainConfig
+    from embergpt.whole_numbers import check_threads
+
+    with pytest.raises(ValueError, match="whole number of CPU threads"):
+        check_threads(value)
+    with pytest.raises(ValueError, match="threads must be"):
+        TrainConfig(threads=value)
+    assert check_threads(2) == 2 and TrainConfig(threads="auto").threads == "auto"
+
+
+def test_a_chat_seed_is_checked_up_front_and_wraps_at_the_top():
+    from embergpt.chat.session import ChatSession
+    from embergpt.inference.engine import Engine
+
+    tok = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz ", chat=True)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, sequence_len=64, n_layer=1, n_head=1, n_kv_head=1, n_embd=16))
+    engine = Engine(model, tok)
+    for bad in (2**63, -1):
+        with pytest.raises(ValueError, match="seed must be a whole number"):
+            ChatSession(engine, seed=bad)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        ChatSession(engine, max_new_tokens=0)
+    # turn k uses seed + k: past 2**63 - 1 it wraps to 0, so the second turn of the top seed samples as seed 0 does
+    sampling = SamplingParams(temperature=1.0)
+    top = ChatSession(engine, sampling=sampling, max_new_tokens=8, seed=2**63 - 1, reuse_cache=False)
+    list(top.send("abc"))
+    history = list(top.ids)
+    second = [e.token for e in top.send("abc") if e.kind == "token"]
+    zero = ChatSession(engine, sampling=sampling, max_new_tokens=8, seed=0, reuse_cache=False)
+    zero.ids = history
+    assert [e.token for e in zero.send("abc") if e.kind == "token"] == second and second
+
+
+@pytest.mark.slow  # three processes importing torch: ~12 s on a loaded 2-core machine
+def test_huge_whole_numbers_through_the_cli(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    # --max-batch 2**63 reached a tensor shape and crashed in C++ (exit 1, a C++ backtrace) before the bound
+    assert_one_line_error(run_cli("serve", "--checkpoint", str(ckpt), "--port", "0", "--max-batch", HUGE),
+                          "--max-batch", "4,096")
+    assert_one_line_error(run_cli("serve", "--checkpoint", str(ckpt), "--port", "0", "--threads", HUGE),
+                          "--threads", "[1, 1024]")
+    assert_one_line_error(run_cli("train", "--steps", "1", "--preset", "shakespeare-char", "--out",
+                                  str(tmp_path / "run"), env={"EMBERGPT_SEED": HUGE}), "seed", "2**63")
+    assert not (tmp_path / "run").exists()

@@ -452,3 +452,21 @@ def test_http_settings_resolve_and_reach_uvicorn(monkeypatch):
     monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")  # uvicorn's own variable: not read
     default = uvicorn_config(lambda *a: None, resolve_settings({}, {}))
     assert not default.proxy_headers and default.forwarded_allow_ips == []
+
+
+@pytest.mark.parametrize("name", ["max_prompt_bytes", "max_output_tokens", "rate_limit_rps", "rate_limit_burst",
+                                  "max_batch", "max_queue", "max_attention_tokens", "max_header_bytes",
+                                  "max_connections", "max_connections_per_client"])
+def test_every_number_has_an_upper_bound(name):
+    """2**63 (from a typo or a hostile environment) is refused naming its source, for every limit; the bound itself
+    is accepted, so a server can be configured right up to it."""
+    from embergpt.serve.settings import MAXIMA
+
+    env = "EMBERGPT_" + name.upper()
+    with pytest.raises(ValueError, match=env) as e:
+        resolve_settings({}, {env: str(2**63)})
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="--" + name.replace("_", "-")):
+        resolve_settings({name: MAXIMA[name] * 2}, {})
+    top = MAXIMA[name] if name == "rate_limit_rps" else int(MAXIMA[name])
+    assert getattr(resolve_settings({name: top}, {}), name) == top

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from embergpt.whole_numbers import check_threads
+
 GOAL_VS_HF = 3.0
 GOAL_LATENCY_RATIO = 1.25
 GOAL_BATCH_SCALING = 8.0
@@ -160,8 +162,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         ("--latency-steps", args.latency_steps), ("--repeats", args.repeats)):
         if value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.threads is not None:
+        check_threads(args.threads, "--threads")
     positions = parse_positive_ints(args.positions, "--positions", "64,1024")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or not set(modes) <= MODES.keys():

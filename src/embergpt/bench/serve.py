@@ -39,6 +39,7 @@ from typing import Any
 
 from embergpt.bench import parse_positive_ints
 from embergpt.errors import EmbergptError
+from embergpt.whole_numbers import check_threads
 
 TOKEN_EVENT = 'data: {"type":"token"'
 MAX_OUTPUT_TOKENS = 4096  # the server is started with --max-output-tokens this large
@@ -508,8 +509,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     if not 1 <= args.max_tokens <= MAX_OUTPUT_TOKENS:
         raise ValueError(f"--max-tokens must be between 1 and {MAX_OUTPUT_TOKENS}, got {args.max_tokens}")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.threads is not None:
+        check_threads(args.threads, "--threads")
     requested = parse_modes(args.modes)
     import torch
 

@@ -20,6 +20,7 @@ from embergpt.chat.template import render_for_generation
 from embergpt.inference.batch import Event, Request
 from embergpt.inference.engine import Engine
 from embergpt.sampling import SamplingParams
+from embergpt.whole_numbers import MAX_SEED, check_seed
 
 
 class ChatSession:
@@ -42,8 +43,10 @@ class ChatSession:
         self.engine, self.tokenizer = engine, tok
         self.system = system
         self.sampling = sampling or SamplingParams(temperature=0.0)
+        if not (isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool) and max_new_tokens >= 1):
+            raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
         self.max_new_tokens = max_new_tokens
-        self.seed = seed
+        self.seed = None if seed is None else check_seed(seed)
         self.reuse_cache = reuse_cache
         self.special = tok.special_tokens
         # a reply ends at <|assistant_end|> (or <|bos|>); the chat benchmark empties this to decode alike
@@ -82,7 +85,8 @@ class ChatSession:
         if room < 2:
             raise ValueError(f"the conversation is {len(prompt)} tokens, the model's context is "
                              f"{self.engine.sequence_len}: /clear it to go on")
-        seed = None if self.seed is None else self.seed + self.turns
+        # turn k uses seed + k, wrapped so that a seed near the top of the range stays one the generator takes
+        seed = None if self.seed is None else (self.seed + self.turns) % (MAX_SEED + 1)
         request = Request(prompt, min(self.max_new_tokens, room - 1), self.sampling, seed,
                           stop_ids=self.stop_ids, tools=True, text=True)
         generated: list[int] = []

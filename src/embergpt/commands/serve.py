@@ -87,11 +87,12 @@ def network_warning(host: str) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from embergpt.serve.server import serve
     from embergpt.serve.settings import resolve_settings
+    from embergpt.whole_numbers import check_threads
 
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be between 0 and 65535 (0 = any free port), got {args.port}")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.threads is not None:
+        check_threads(args.threads, "--threads")
     settings = resolve_settings({**{name: getattr(args, name) for name in _LIMITS},
                                  "compile": args.compile, "dtype": args.dtype,
                                  "accept_any_model": args.accept_any_model})

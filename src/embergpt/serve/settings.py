@@ -24,9 +24,10 @@
     accept_any_model        --accept-any-model        EMBERGPT_ACCEPT_ANY_MODEL          off (another `model`: 404)
   "auto" is the configuration `embergpt bench serve` measured fastest for the device (embergpt.inference.defaults).
 
-The request body is capped at max_prompt_bytes + 4 KiB (BODY_OVERHEAD_BYTES). X-Forwarded-For is believed only from
-a peer in forwarded_allow_ips (comma-separated addresses or networks, or "*"); otherwise the rate limit keys on the
-connection's own peer address. uvicorn's FORWARDED_ALLOW_IPS variable is not read.
+Each number has an upper bound (MAXIMA) far above any real server: 2**63 from a typo or a hostile environment is a
+one-line error, not a tensor shape. The request body is capped at max_prompt_bytes + 4 KiB (BODY_OVERHEAD_BYTES).
+X-Forwarded-For is believed only from a peer in forwarded_allow_ips (comma-separated addresses or networks, or "*");
+otherwise the rate limit keys on the connection's own peer address. uvicorn's FORWARDED_ALLOW_IPS variable is not read.
 """
 
 from __future__ import annotations
@@ -45,6 +46,20 @@ MAX_SECONDS = 86400.0  # a timeout of more than a day is a typo
 NOT_LIMITS = ("forwarded_allow_ips", "compile", "dtype", "accept_any_model")
 COMPILE_CHOICES = ("auto", "off", "default", "max-autotune")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # settings that are not published as limits in /api/info
+# The largest value each number may take: far above any real server, low enough that a typo (or 2**63 from a hostile
+# environment) is refused here instead of reaching a tensor shape, a buffer size or a socket table.
+MAXIMA: dict[str, float] = {
+    "max_prompt_bytes": 64 << 20,
+    "max_output_tokens": 1_000_000,
+    "rate_limit_rps": 1_000_000.0,
+    "rate_limit_burst": 1_000_000,
+    "max_batch": 4096,
+    "max_queue": 1_000_000,
+    "max_attention_tokens": 65536,
+    "max_header_bytes": 1 << 20,
+    "max_connections": 100_000,
+    "max_connections_per_client": 100_000,
+}
 
 
 @dataclass(frozen=True)
@@ -75,8 +90,10 @@ class ServeSettings:
             value = getattr(self, f.name)
             if f.type == "float":
                 _check_float(f.name, value)
-            elif f.type == "int" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"{f.name} must be a positive integer, got {value!r}")
+            elif f.type == "int" and (
+                not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAXIMA[f.name]
+            ):
+                raise ValueError(f"{f.name} must be a whole number in [1, {MAXIMA[f.name]:,}], got {value!r}")
         if self.max_header_bytes < 1024:
             raise ValueError(f"max_header_bytes must be at least 1024, got {self.max_header_bytes}")
         trusted_proxies(self.forwarded_allow_ips)  # raises on a malformed entry
@@ -108,8 +125,10 @@ class ServeSettings:
 def _check_float(name: str, value: Any) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if name == "rate_limit_rps":
-        if not (ok and value >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0 (0 disables rate limiting), got {value!r}")
+        if not (ok and 0 <= value <= MAXIMA[name]):
+            raise ValueError(
+                f"{name} must be a number in [0, {MAXIMA[name]:,.0f}] (0 disables rate limiting), got {value!r}"
+            )
     elif not (ok and 0 < value <= MAX_SECONDS):
         raise ValueError(f"{name} must be a number of seconds in (0, {MAX_SECONDS:g}], got {value!r}")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from embergpt.config import PRESETS, GPTConfig, strict_from_dict
+from embergpt.whole_numbers import check_seed, check_threads
 
 STAGES = ("pretrain", "sft")
 MODELS = ("gpt", "bigram", "single-head", "multi-head", "compare")
@@ -87,7 +88,8 @@ class TrainConfig:
         for name in ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "seq_len", "steps"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
-        for name in ("warmup", "eval_interval", "sample_interval", "checkpoint_interval", "checkpoint_keep", "seed"):
+        check_seed(self.seed)
+        for name in ("warmup", "eval_interval", "sample_interval", "checkpoint_interval", "checkpoint_keep"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
@@ -113,7 +115,7 @@ class TrainConfig:
         if self.model == "compare" and self.resume is not None:
             raise ValueError(COMPARE_CANNOT_RESUME)
         if self.threads is not None and self.threads != "auto":
-            _positive_int("threads", self.threads)
+            check_threads(self.threads)
         if not (self.tokenizer in ("char", "bpe") or Path(self.tokenizer).suffix == ".json"):
             raise ValueError(f"tokenizer must be char, bpe or a tokenizer .json file, got {self.tokenizer!r}")
         # The shape flags checked now, before any data is read: with the smallest vocabulary, so that what is
