@@ -103,3 +103,38 @@ def test_hostile_data_through_train_cli(tmp_path):
     result = run_cli("train", "--data", url, "--steps", "1", "--out", str(tmp_path / "run"),
                      env={"EMBERGPT_RETRY_ATTEMPTS": "inf"}, timeout=90)
     assert_one_line_error(result, "EMBERGPT_RETRY_ATTEMPTS")
+
+
+def test_a_cache_variable_naming_no_directory_is_one_line(tmp_path, monkeypatch):
+    """EMBERGPT_CACHE is checked once (embergpt.env_paths): a file, a path through a file, a FIFO, a huge value or a
+    control character is a DataError naming the variable; a missing directory is fine (created on first write)
+    and a relative one is pinned to the current directory."""
+    from embergpt.data.sources import cache_dir
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for value, words in [(str(a_file), ("a regular file", "not a directory")), (str(a_file / "sub"), ("cannot",)),
+                         (str(fifo), ("FIFO",)), ("a" * 100_000, ("100,000 characters",)), ("x\ny", ("control",))]:
+        monkeypatch.setenv("EMBERGPT_CACHE", value)
+        with pytest.raises(DataError) as info:
+            cache_dir()
+        assert_one_line(str(info.value), "EMBERGPT_CACHE", *words)
+    monkeypatch.setenv("EMBERGPT_CACHE", str(tmp_path / "new" / "cache"))
+    assert cache_dir() == tmp_path / "new" / "cache"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EMBERGPT_CACHE", "rel")
+    assert cache_dir() == tmp_path / "rel" and cache_dir().is_absolute()
+    monkeypatch.setenv("EMBERGPT_CACHE", "  ")
+    assert cache_dir().name == "embergpt"
+
+
+def test_a_cache_variable_naming_a_file_through_train_cli(tmp_path):
+    """It used to warn (two lines, from the token cache) and train on; now train stops before any work."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    result = run_cli("train", "--data", "builtin:names", "--steps", "1", "--out", str(tmp_path / "run"),
+                     env={"EMBERGPT_CACHE": str(a_file)})
+    assert_one_line_error(result, "EMBERGPT_CACHE", "not a directory")
+    assert not (tmp_path / "run" / "final").exists()
