@@ -216,3 +216,58 @@ def test_huge_whole_numbers_through_the_cli(tmp_path):
     assert_one_line_error(run_cli("train", "--steps", "1", "--preset", "shakespeare-char", "--out",
                                   str(tmp_path / "run"), env={"EMBERGPT_SEED": HUGE}), "seed", "2**63")
     assert not (tmp_path / "run").exists()
+
+
+# ---- a prompt from stdin and the length asked for: bounded before any work (embergpt generate)
+
+
+def test_a_text_stream_is_read_up_to_its_cap_only():
+    import io
+
+    from embergpt.errors import InputFileError
+    from embergpt.input_files import read_text_stream
+
+    class Endless(io.RawIOBase):  # /dev/zero as a pipe: counts what is read from it
+        taken = 0
+
+        def readinto(self, buffer):  # type: ignore[no-untyped-def]
+            buffer[:] = b"a" * len(buffer)
+            self.taken += len(buffer)
+            return len(buffer)
+
+    endless = Endless()
+    with pytest.raises(InputFileError, match="over the limit of 1,000 bytes"):
+        read_text_stream(endless, max_bytes=1000, what="stdin")
+    assert endless.taken == 1001
+    assert read_text_stream(io.BytesIO(("é" * 500).encode()), max_bytes=1000) == "é" * 500  # exactly the cap is taken
+    with pytest.raises(InputFileError, match="not UTF-8 text \\(byte 2\\)"):
+        read_text_stream(io.BytesIO(b"ab\xff"), max_bytes=1000)
+
+
+def test_generate_bounds_its_prompt_and_length(tmp_path):
+    from embergpt.inference.loading import MAX_NEW_TOKENS, MAX_PROMPT_BYTES, continue_prompt, load_for_inference
+
+    engine = load_for_inference(tiny_checkpoint(tmp_path / "ckpt"), "cpu", None).engine()
+    with pytest.raises(ValueError, match="max_new_tokens must be in") as e:
+        continue_prompt(engine, "hello", 2**63)
+    assert_one_line(str(e.value))
+    with pytest.raises(ValueError, match="over the limit"):
+        continue_prompt(engine, "h" * (MAX_PROMPT_BYTES + 1), 1)
+    assert len(continue_prompt(engine, "hello", 0)[0]) == 0 and MAX_NEW_TOKENS >= 1 << 20
+
+
+@pytest.mark.slow  # two processes importing torch: ~10 s on a loaded 2-core machine
+def test_a_prompt_piped_from_dev_zero_is_refused_through_the_cli(tmp_path):
+    import subprocess
+    import sys
+
+    from embergpt.inference.loading import MAX_PROMPT_BYTES
+
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    cmd = [sys.executable, "-m", "embergpt", "generate", "--checkpoint", str(ckpt), "--prompt", "-"]
+    with open("/dev/zero", "rb") as zero:  # endless: before the cap, generate read all of stdin into memory
+        result = subprocess.run(cmd, stdin=zero, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert_one_line(result.stderr.strip(), "stdin", f"{MAX_PROMPT_BYTES:,} bytes")
+    assert_one_line_error(run_cli("generate", "--checkpoint", str(ckpt), "--prompt", "hi", "--max-tokens", HUGE),
+                          "max_new_tokens", "in parts")

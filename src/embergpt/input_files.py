@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import BinaryIO
 
 from embergpt.errors import EmbergptError, InputFileError
 
@@ -94,3 +95,27 @@ def read_regular_text(
     except UnicodeDecodeError as e:
         raise error(f"{what} {os.fspath(path)!r} is not UTF-8 text (byte {e.start})") from None
 
+
+
+def read_text_stream(
+    stream: BinaryIO,
+    *,
+    max_bytes: int,
+    what: str = "input",
+    error: type[EmbergptError] = InputFileError,
+) -> str:
+    """At most `max_bytes` of UTF-8 text from a binary stream (stdin: a pipe, a terminal, /dev/zero redirected in).
+    A stream that goes on past the cap is `error` after reading `max_bytes + 1` bytes, never the whole of it; so is
+    text that is not UTF-8."""
+    data = bytearray()
+    while len(data) <= max_bytes:
+        chunk = stream.read(min(1 << 20, max_bytes + 1 - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    if len(data) > max_bytes:
+        raise error(f"{what} is over the limit of {max_bytes:,} bytes; pass less text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{what} is not UTF-8 text (byte {e.start})") from None

@@ -44,12 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from embergpt.inference.loading import continue_prompt, load_for_inference
+    from embergpt.inference.loading import MAX_PROMPT_BYTES, continue_prompt, load_for_inference
+    from embergpt.input_files import read_text_stream
     from embergpt.sampling import SamplingParams
 
     if args.prompt == "-" and sys.stdin is None:
         raise ValueError("--prompt - reads the prompt from stdin, but stdin is closed; pipe the text in")
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = read_text_stream(sys.stdin.buffer, max_bytes=MAX_PROMPT_BYTES, what="the prompt on stdin") \
+        if args.prompt == "-" else args.prompt
     if args.n_samples < 1:
         raise ValueError(f"--n-samples must be >= 1, got {args.n_samples}")
     if args.max_tokens is not None and args.max_tokens < 0:

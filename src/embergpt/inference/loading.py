@@ -70,6 +70,12 @@ def load_for_inference(
     return InferenceModel(ckpt.model, ckpt.tokenizer, ckpt.config, path, target, compute_dtype, ckpt.metadata or {})
 
 
+# Bounds on what `embergpt generate` is asked for: far above any model's context (a prompt must fit in it), low
+# enough that a prompt piped from /dev/zero or --max-tokens 2**63 is refused at once instead of running for ever.
+MAX_PROMPT_BYTES = 4 << 20
+MAX_NEW_TOKENS = 1 << 20
+
+
 def continue_prompt(
     engine: Engine,
     prompt: str,
@@ -86,6 +92,12 @@ def continue_prompt(
     the model emits BOS (the start of a new document). With on_text and one sample, each piece of text goes to
     on_text as soon as it is complete; with n_samples > 1 (one batch sharing one prefill) each whole sample does.
     """
+    if len(prompt) > MAX_PROMPT_BYTES:  # characters: at least as many bytes, so this never refuses a valid prompt
+        raise ValueError(f"the prompt is {len(prompt):,} characters, over the limit of {MAX_PROMPT_BYTES:,}; "
+                         "pass the part the model should continue")
+    if max_new_tokens is not None and not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise ValueError(f"max_new_tokens must be in [0, {MAX_NEW_TOKENS:,}], got {max_new_tokens}; "
+                         "generate a long text in parts")
     tokenizer, seq = engine.tokenizer, engine.sequence_len
     ids = engine.encode(prompt)
     room = seq - len(ids)
