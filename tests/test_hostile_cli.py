@@ -271,3 +271,42 @@ def test_a_prompt_piped_from_dev_zero_is_refused_through_the_cli(tmp_path):
     assert_one_line(result.stderr.strip(), "stdin", f"{MAX_PROMPT_BYTES:,} bytes")
     assert_one_line_error(run_cli("generate", "--checkpoint", str(ckpt), "--prompt", "hi", "--max-tokens", HUGE),
                           "max_new_tokens", "in parts")
+
+
+# ---- counts and rates of a training run: bounded above in TrainConfig (flags, EMBERGPT_<FLAG> and stored configs)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("steps", 2**63), ("eval_steps", 2**63), ("grad_accum", 2**63), ("sample_tokens", 2**63), ("warmup", 2**63),
+    ("eval_interval", 2**63), ("checkpoint_keep", 2**63), ("lr", 1e308), ("weight_decay", 1e308),
+    ("time_budget", 1e308), ("eval_seconds", 1e308), ("grad_clip", 1e308),
+])
+def test_absurd_training_counts_and_rates_are_refused(name, value):
+    from embergpt.train.config import MAXIMA, TrainConfig
+
+    with pytest.raises(ValueError, match=f"{name} must be") as e:
+        TrainConfig(**{name: value})
+    assert_one_line(str(e.value), f"{MAXIMA[name]:,g}" if isinstance(value, float) else f"{int(MAXIMA[name]):,}")
+    top = MAXIMA[name] if isinstance(value, float) else int(MAXIMA[name])
+    assert getattr(TrainConfig(**{name: top}), name) == top  # the bound itself is a valid setting
+
+
+def test_chat_eval_items_are_bounded():
+    from embergpt.chat.evaluate import MAX_ITEMS, check_items, evaluate_chat
+
+    for bad in (0, -1, MAX_ITEMS + 1, 2**63, True):
+        with pytest.raises(ValueError, match="items_per_task must be a whole number"):
+            evaluate_chat(lambda prompts: [[] for _ in prompts], None, bad)
+    assert check_items(0, allow_zero=True) == 0 and check_items(MAX_ITEMS) == MAX_ITEMS
+
+
+@pytest.mark.slow  # two processes importing torch: ~10 s on a loaded 2-core machine
+def test_absurd_training_counts_through_the_cli(tmp_path):
+    """eval_steps and grad_accum of 2**63 used to start a run that never ended; sft --eval-items 2**63 too, after
+    training. Each is now refused before any data is read."""
+    out = tmp_path / "run"
+    assert_one_line_error(run_cli("train", "--steps", "1", "--preset", "shakespeare-char", "--out", str(out),
+                                  env={"EMBERGPT_EVAL_STEPS": HUGE}), "eval_steps", "100,000")
+    assert_one_line_error(run_cli("sft", str(tiny_checkpoint(tmp_path / "ckpt")), "--steps", "1", "--out", str(out),
+                                  "--eval-items", HUGE), "--eval-items", "100,000")
+    assert not out.exists()

@@ -24,6 +24,15 @@ from embergpt.chat.template import render_for_generation
 
 Generate = Callable[[list[list[int]]], list[list[int]]]  # prompt ids per item -> reply ids per item
 DEFAULT_ITEMS = 50
+MAX_ITEMS = 100_000  # per task: minutes of decoding on a CPU already; 2**63 would never end
+
+
+def check_items(value: Any, name: str = "items_per_task", allow_zero: bool = False) -> int:
+    """`value` if it is a whole number in [1 (0 when allow_zero), MAX_ITEMS]; ValueError (one line) otherwise."""
+    low = 0 if allow_zero else 1
+    if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= MAX_ITEMS):
+        raise ValueError(f"{name} must be a whole number in [{low}, {MAX_ITEMS:,}], got {value!r}")
+    return value
 EVAL_SEED = 0  # the held-out items: the same for every model
 
 
@@ -47,6 +56,7 @@ def evaluate_chat(
     seed: int = EVAL_SEED,
 ) -> dict[str, Any]:
     """{"accuracy": {task: fraction}, "items": per task, "examples": {task: [(prompt, reply, answer), ...3]}}."""
+    check_items(items_per_task)
     accuracy: dict[str, float] = {}
     examples: dict[str, list[tuple[str, str, str]]] = {}
     for task in task_names:

@@ -49,12 +49,12 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from embergpt.chat.evaluate import check_items
     from embergpt.chat.tasks import SOURCE
     from embergpt.train import train
     from embergpt.train.distributed import is_main_process
 
-    if args.eval_items < 0:
-        raise ValueError(f"--eval-items must be >= 0, got {args.eval_items}")
+    check_items(args.eval_items, "--eval-items", allow_zero=True)  # before training, not after it
     cfg = config_from_args(args)
     if cfg.stage != "sft":
         raise ValueError(f"{cfg.resume} is not an SFT run; continue it with embergpt train --resume")

@@ -90,19 +90,14 @@ class TrainConfig:
                 _positive_int(name, getattr(self, name))
         check_seed(self.seed)
         for name in ("warmup", "eval_interval", "sample_interval", "checkpoint_interval", "checkpoint_keep"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+            _whole_number(name, getattr(self, name), 0)
         for name in ("lr", "embedding_lr", "unembedding_lr", "time_budget", "eval_seconds"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+            if getattr(self, name) is not None:
+                _bounded_number(name, getattr(self, name), 0.0, low_open=True)
         if not 0.0 <= self.min_lr_frac <= 1.0:
             raise ValueError(f"min_lr_frac must be in [0, 1], got {self.min_lr_frac!r}")
         for name in ("weight_decay", "grad_clip"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            _bounded_number(name, getattr(self, name), 0.0, low_open=False)
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
@@ -230,9 +225,37 @@ def _choice(name: str, value: Any, options: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(options)}, got {value!r}")
 
 
+# The largest value each count and rate may take: far beyond a real run, low enough that 2**63 or 1e308 (a typo, a
+# hostile EMBERGPT_<FLAG> or a stored config) is refused at once instead of evaluating 2**63 batches, accumulating
+# 2**63 micro-steps or blowing the weights up with lr 1e308. The model's shape is bounded by GPTConfig and by
+# check_fits (memory), the vocabulary by the tokenizer.
+MAXIMA: dict[str, float] = {
+    "steps": 10**9, "grad_accum": 65536, "eval_steps": 100_000, "sample_tokens": 1 << 20,
+    "warmup": 10**9, "eval_interval": 10**9, "sample_interval": 10**9, "checkpoint_interval": 10**9,
+    "checkpoint_keep": 10**6,
+    "lr": 100.0, "embedding_lr": 100.0, "unembedding_lr": 100.0, "weight_decay": 100.0, "grad_clip": 1e6,
+    "time_budget": 365 * 86400.0, "eval_seconds": 365 * 86400.0,
+}
+
+
 def _positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    _whole_number(name, value, 1)
+
+
+def _whole_number(name: str, value: Any, low: int) -> None:
+    """value is an int (not a bool) in [low, MAXIMA[name]] (no upper bound for a name not there)."""
+    top = MAXIMA.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (top is not None and value > top):
+        span = f"in [{low}, {int(top):,}]" if top is not None else f">= {low}"
+        raise ValueError(f"{name} must be an integer {span}, got {value!r}")
+
+
+def _bounded_number(name: str, value: Any, low: float, low_open: bool) -> None:
+    """value is a finite int or float above low (or at it, unless low_open) and at most MAXIMA[name]."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not (ok and (value > low if low_open else value >= low) and value <= MAXIMA[name]):
+        span = f"{'(' if low_open else '['}{low:g}, {MAXIMA[name]:,g}]"
+        raise ValueError(f"{name} must be a finite number in {span}, got {value!r}")
 
 
 def demo_config(**overrides: Any) -> TrainConfig:
