@@ -310,3 +310,22 @@ def test_absurd_training_counts_through_the_cli(tmp_path):
     assert_one_line_error(run_cli("sft", str(tiny_checkpoint(tmp_path / "ckpt")), "--steps", "1", "--out", str(out),
                                   "--eval-items", HUGE), "--eval-items", "100,000")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"steps": 2**63}, ("steps", "10,000,000")), ({"samples": 2**63}, ("samples", "100,000")),
+    ({"lr": 1e308}, ("lr", "(0, 100]")), ({"temperature": 1e308}, ("temperature",)), ({"steps": True}, ("steps",)),
+])
+def test_the_micro_run_bounds_its_numbers(kwargs, words):
+    """--steps / --samples 2**63 used to run for ever (pure Python: a step is milliseconds)."""
+    from embergpt.micro import MicroSettings
+    from embergpt.micro.train import MAX_SAMPLES, MAX_STEPS
+
+    with pytest.raises(ValueError) as e:
+        MicroSettings(**kwargs)
+    assert_one_line(str(e.value), *words)
+    assert MicroSettings(steps=MAX_STEPS, samples=MAX_SAMPLES, lr=100.0).steps == MAX_STEPS
+
+
+def test_the_micro_cli_names_the_flag():
+    assert_one_line_error(run_cli("micro", "--samples", HUGE), "--samples", "100,000")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 
@@ -32,16 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from embergpt.data import load_text
     from embergpt.micro import MicroRun, MicroSettings, docs_from_text, train_and_sample
+    from embergpt.micro.train import check_micro_numbers
 
     # Validate the flags before reading any data, so a typo fails at once. The numbers are checked here so that
     # the message names the flag; MicroSettings checks the shape (and caps the model's size) itself.
-    if args.steps < 1:
-        raise ValueError(f"--steps must be a positive integer, got {args.steps}")
-    if args.samples < 0:
-        raise ValueError(f"--samples must be >= 0, got {args.samples}")
-    for flag, value in (("--lr", args.lr), ("--temperature", args.temperature)):
-        if not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"{flag} must be a positive finite number, got {value}")
+    check_micro_numbers(args.steps, args.samples, args.lr, args.temperature, flags=True)
     settings = MicroSettings(
         steps=args.steps,
         n_layer=args.n_layer,

@@ -16,6 +16,7 @@ import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from embergpt.micro.engine import Value, sum_values
 from embergpt.micro.model import MicroConfig, Params, cross_entropy, empty_kv_cache, forward, init_params, parameters
@@ -51,14 +52,7 @@ class MicroSettings:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        if not isinstance(self.steps, int) or self.steps <= 0:
-            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
-        if not isinstance(self.samples, int) or self.samples < 0:
-            raise ValueError(f"samples must be a non-negative integer, got {self.samples!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
-        if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise ValueError(f"temperature must be a positive finite number, got {self.temperature!r}")
+        check_micro_numbers(self.steps, self.samples, self.lr, self.temperature)
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must lie in [0, 1), got {self.betas!r}")
         # the shape is checked by MicroConfig itself, with a placeholder vocabulary
@@ -83,6 +77,27 @@ class MicroSettings:
                 f"{MAX_PARAMS:,}: lower --n-embd, --n-layer or --block-size"
             )
         return config
+
+
+# Far beyond what the pure-Python model is for (its default run is 1000 steps in seconds), low enough that 2**63
+# steps or samples (a typo) is refused at once instead of running for ever.
+MAX_STEPS = 10**7
+MAX_SAMPLES = 100_000
+MAX_RATE = 100.0  # lr and temperature
+
+
+def check_micro_numbers(steps: Any, samples: Any, lr: Any, temperature: Any, flags: bool = False) -> None:
+    """The run's numbers in range, or a one-line ValueError naming the first one out of it (as its --flag when
+    `flags`): steps in [1, MAX_STEPS], samples in [0, MAX_SAMPLES], lr and temperature finite in (0, MAX_RATE]."""
+    dash = "--" if flags else ""
+    for name, value, low in (("steps", steps, 1), ("samples", samples, 0)):
+        top = MAX_STEPS if name == "steps" else MAX_SAMPLES
+        if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= top):
+            raise ValueError(f"{dash}{name} must be a whole number in [{low}, {top:,}], got {value!r}")
+    for name, value in (("lr", lr), ("temperature", temperature)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not (ok and 0 < value <= MAX_RATE):
+            raise ValueError(f"{dash}{name} must be a finite number in (0, {MAX_RATE:g}], got {value!r}")
 
 
 @dataclass
