@@ -329,3 +329,5 @@ def test_the_micro_run_bounds_its_numbers(kwargs, words):
 
 def test_the_micro_cli_names_the_flag():
     assert_one_line_error(run_cli("micro", "--samples", HUGE), "--samples", "100,000")
+    # bench micro trains in a child process: a bound met only there was a traceback from the child (exit 1)
+    assert_one_line_error(run_cli("bench", "micro", "--steps", HUGE), "--steps", "10,000,000")

@@ -53,10 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    if args.steps <= 0:
-        raise ValueError(f"--steps must be positive, got {args.steps}")
-    if args.baseline_steps < 0:
-        raise ValueError(f"--baseline-steps must be >= 0, got {args.baseline_steps}")
+    from embergpt.micro.train import MAX_STEPS, check_micro_numbers
+
+    check_micro_numbers(args.steps, 0, 0.01, 1.0, flags=True)  # the run's own bound, checked before the child starts
+    if not 0 <= args.baseline_steps <= MAX_STEPS:
+        raise ValueError(f"--baseline-steps must be in [0, {MAX_STEPS:,}], got {args.baseline_steps}")
     ours = _in_subprocess("micro", args.steps)
     seconds = sum(ours["step_seconds"])
     per_1000 = seconds / args.steps * 1000
