@@ -225,6 +225,27 @@ def test_a_tool_call_shows_as_a_calculator_box(browser, tool_server):
     page.close()
 
 
+def test_a_reply_that_would_overflow_the_context_is_capped_to_what_fits(browser, tool_server):
+    page = browser.new_page(viewport={"width": 1024, "height": 768})
+    posts: list[dict] = []
+    page.on("request", lambda r: posts.append(r.post_data_json) if r.url.endswith("/api/chat/stream") else None)
+    page.goto(tool_server + "/")
+    page.wait_for_function("document.querySelectorAll('#layer-select option').length > 0")
+    page.click("#tab-chat")
+    page.fill("#temperature", "0")
+    page.fill("#max-tokens", "60")  # the model's context is 64 tokens: the prompt leaves fewer than 60
+    send(page, "What is 12+34?")
+    # the server refused the first ask and said how many tokens fit; the page asked again for that many
+    refusal = httpx.post(tool_server + "/api/chat", json={**posts[0], "max_tokens": 60}, timeout=60)
+    assert refusal.status_code == 400 and refusal.json()["error"] == "context_length_exceeded"
+    allowed = refusal.json()["max_tokens_allowed"]
+    assert 1 <= allowed < 60
+    assert [p["max_tokens"] for p in posts] == [60, allowed]
+    assert f"reply capped at {allowed} tokens" in page.inner_text("#chat-stats")
+    assert page.locator(".msg.assistant").count() == 1 and page.is_hidden("#error")
+    page.close()
+
+
 def test_stop_buttons_end_a_request_in_flight(open_page):
     rec = open_page(390, 844)
     page = rec.page

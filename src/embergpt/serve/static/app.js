@@ -902,12 +902,22 @@ async function sendChat(event) {
     scrollChat();
   };
   try {
-    const body = { messages, ...readSampling() };
+    let body = { messages, ...readSampling() };
     let result = await streamEvents("/api/chat/stream", body, controller.signal, onEvent);
-    if (!result.ok && result.error.error === "attention_too_large") {
-      // A long conversation outgrows the attention limit: answer anyway, without the weights.
-      note = ` · attention off (over ${result.error.max_tokens_total} tokens)`;
-      result = await streamEvents("/api/chat/stream", { ...body, return_attention: false }, controller.signal, onEvent);
+    for (let retry = 0; retry < 2 && !result.ok; retry++) {
+      const e = result.error;
+      if (e.error === "context_length_exceeded" && e.max_tokens_allowed >= 1) {
+        // The conversation nearly fills the model's context: answer anyway, with the reply that still fits.
+        note += ` · reply capped at ${e.max_tokens_allowed} tokens (the context is nearly full; Clear starts over)`;
+        body = { ...body, max_tokens: e.max_tokens_allowed };
+      } else if (e.error === "attention_too_large" && body.return_attention) {
+        // A long conversation outgrows the attention limit: answer anyway, without the weights.
+        note += ` · attention off (over ${e.max_tokens_total} tokens)`;
+        body = { ...body, return_attention: false };
+      } else {
+        break;
+      }
+      result = await streamEvents("/api/chat/stream", body, controller.signal, onEvent);
     }
     if (!result.ok) {
       // Nothing was generated: take the turn back, so the user can edit and resend it.
