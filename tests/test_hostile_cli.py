@@ -331,3 +331,28 @@ def test_the_micro_cli_names_the_flag():
     assert_one_line_error(run_cli("micro", "--samples", HUGE), "--samples", "100,000")
     # bench micro trains in a child process: a bound met only there was a traceback from the child (exit 1)
     assert_one_line_error(run_cli("bench", "micro", "--steps", HUGE), "--steps", "10,000,000")
+
+
+# ---- benchmarks: counts, rows and seconds bounded by one pair of helpers (embergpt.bench)
+
+
+def test_bench_counts_and_seconds_are_bounded():
+    from embergpt.bench import MAX_COUNT, MAX_SECONDS, check_count, check_seconds, parse_positive_ints
+
+    for bad in (0, -1, MAX_COUNT + 1, 2**63, True):
+        with pytest.raises(ValueError, match="--repeats must be a whole number in"):
+            check_count("--repeats", bad)
+    for bad in (0.0, -1.0, math.nan, math.inf, 1e308):
+        with pytest.raises(ValueError, match="--seconds must be a finite number of seconds"):
+            check_seconds("--seconds", bad)
+    with pytest.raises(ValueError, match="--clients takes comma-separated whole numbers in \\[1, 16\\]"):
+        parse_positive_ints(f"1,{2**63}", "--clients", "1,4", 16)
+    assert check_count("--repeats", MAX_COUNT) == MAX_COUNT and check_seconds("--seconds", MAX_SECONDS) == MAX_SECONDS
+    assert parse_positive_ints("1, 4,16", "--clients", "1,4", 16) == [1, 4, 16]
+
+
+@pytest.mark.slow  # two processes importing torch: ~8 s on a loaded 2-core machine
+def test_absurd_bench_flags_through_the_cli():
+    # a batch of 2**63 rows reached a tensor shape: a C++ backtrace and exit 1; 1e308 seconds a round without end
+    assert_one_line_error(run_cli("bench", "decode", "--no-hf", "--batch", HUGE), "--batch", "4,096")
+    assert_one_line_error(run_cli("bench", "serve", "--no-hf", "--seconds", "1e308"), "--seconds", "86400")

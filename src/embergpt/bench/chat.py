@@ -39,6 +39,7 @@ def _conversation(session: Any, messages: list[str]) -> tuple[list[float], dict[
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from embergpt.bench import check_count
     from embergpt.chat.session import ChatSession
     from embergpt.config import PRESETS
     from embergpt.data import load_text
@@ -49,8 +50,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     for flag, value in (("--turns", args.turns), ("--reply-tokens", args.reply_tokens),
                         ("--message-chars", args.message_chars)):
-        if value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
+        check_count(flag, value)
     text = load_text("builtin:shakespeare")
     tok = CharTokenizer.from_text(text, chat=True)
     config = PRESETS["bench"].replace(vocab_size=tok.vocab_size)

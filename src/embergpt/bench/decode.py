@@ -153,15 +153,15 @@ def _median(xs: list[float]) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from embergpt.bench import parse_positive_ints
+    from embergpt.bench import MAX_ROWS, check_count, parse_positive_ints
     from embergpt.config import get_preset
     from embergpt.device import resolve_device, resolve_dtype
 
     # every flag is checked before any model is built, so a typo fails at once with the flag's name
-    for flag, value in (("--prompt-len", args.prompt_len), ("--new-tokens", args.new_tokens), ("--batch", args.batch),
+    for flag, value in (("--prompt-len", args.prompt_len), ("--new-tokens", args.new_tokens),
                         ("--latency-steps", args.latency_steps), ("--repeats", args.repeats)):
-        if value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
+        check_count(flag, value)
+    check_count("--batch", args.batch, MAX_ROWS)
     if args.threads is not None:
         check_threads(args.threads, "--threads")
     positions = parse_positive_ints(args.positions, "--positions", "64,1024")

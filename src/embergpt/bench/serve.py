@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -37,7 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from embergpt.bench import parse_positive_ints
+from embergpt.bench import MAX_ROWS, check_count, check_seconds, parse_positive_ints
 from embergpt.errors import EmbergptError
 from embergpt.whole_numbers import check_threads
 
@@ -499,14 +498,11 @@ def measure_mode(args: argparse.Namespace, mode: tuple[str, str], checkpoint: Pa
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     # every flag is checked before the checkpoint and the server are built, so a typo fails at once
-    levels = sorted(set(parse_positive_ints(args.clients, "--clients", "1,4,16")))
-    if not (math.isfinite(args.seconds) and args.seconds > 0):
-        raise ValueError(f"--seconds must be a finite number > 0, got {args.seconds}")
-    if not (math.isfinite(args.ready_timeout) and args.ready_timeout > 0):
-        raise ValueError(f"--ready-timeout must be a finite number > 0, got {args.ready_timeout}")
+    levels = sorted(set(parse_positive_ints(args.clients, "--clients", "1,4,16", MAX_ROWS)))
+    check_seconds("--seconds", args.seconds)
+    check_seconds("--ready-timeout", args.ready_timeout)
     for flag, value in (("--repeats", args.repeats), ("--prompt-tokens", args.prompt_tokens)):
-        if value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
+        check_count(flag, value)
     if not 1 <= args.max_tokens <= MAX_OUTPUT_TOKENS:
         raise ValueError(f"--max-tokens must be between 1 and {MAX_OUTPUT_TOKENS}, got {args.max_tokens}")
     if args.threads is not None:
