@@ -3,6 +3,7 @@ same logits and greedy tokens as our model, `AutoTokenizer` the same ids and tex
 transformers-written directory round-trips bitwise. Hostile and foreign directories are refused cleanly."""
 
 import json
+import math
 import re
 import subprocess
 from importlib.resources import files
@@ -406,6 +407,10 @@ HOSTILE = {
     "unknown field": (dict(config={"sliding_window": 128}), "field sliding_window"),
     "negative size": (dict(config={"hidden_size": -32}), "hidden_size must be a positive int"),
     "bool layers": (dict(config={"num_hidden_layers": True}), "num_hidden_layers must be a positive int"),
+    "bos past the vocabulary": (dict(config={"bos_token_id": 10**9}), "bos_token_id 1000000000 is not a token id"),
+    "negative eos in a list": (dict(config={"eos_token_id": [1, -1]}), "eos_token_id \\[1, -1\\] is not a token id"),
+    "string pad": (dict(config={"pad_token_id": "0"}), "pad_token_id 0 is not a token id"),
+    "NaN epsilon": (dict(config={"rms_norm_eps": math.nan}), "NaN is not valid JSON"),
     "no tokenizer": (dict(drop=("tokenizer.json",)), "missing tokenizer.json"),
     "no config": (dict(drop=("config.json",)), "missing config.json"),
     "no weights": (dict(drop=("model.safetensors",)), "no model.safetensors"),

@@ -290,13 +290,12 @@ _GENERIC_FIELDS = {
 
 
 def _read_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    from embergpt.bounded_json import loads
     from embergpt.input_files import read_regular_text
 
+    # bounded: size, nesting depth and NaN / Infinity (not JSON) are refused before any field is read
     text = read_regular_text(path, max_bytes=max_bytes, what=path.name, error=InteropError)
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as e:
-        raise InteropError(f"{path.name}: not valid JSON ({str(e)[:80]})") from None
+    return loads(text, what=path.name, max_bytes=max_bytes, error=InteropError)
 
 
 def _number(doc: dict[str, Any], name: str, kind: type, positive: bool = True) -> Any:
@@ -343,6 +342,7 @@ def gpt_config_from_hf(doc: Any) -> GPTConfig:
     if doc.get("head_dim") is not None and doc["head_dim"] != n_embd // n_head:
         raise InteropError(f"config.json: field head_dim is {str(doc['head_dim'])[:20]}; embergpt needs "
                            f"hidden_size / num_attention_heads = {n_embd // n_head}")
+    _check_token_ids(doc)
     softcap = doc["final_logit_softcapping"]
     if softcap is not None:
         softcap = _number(doc, "final_logit_softcapping", float)
@@ -360,6 +360,21 @@ def gpt_config_from_hf(doc: Any) -> GPTConfig:
         )
     except ValueError as e:
         raise InteropError(f"config.json: {e}") from None
+
+
+def _check_token_ids(doc: dict[str, Any]) -> None:
+    """bos / eos / pad ids are not used by the import (the tokenizer has its own) but a config whose ids are not
+    ids of its own vocabulary is not a model's: refused, as any other out-of-range field."""
+    vocab = doc["vocab_size"]
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = doc[name]
+        ids = value if isinstance(value, list) and name == "eos_token_id" and len(value) <= 64 else [value]
+        for i in ids:
+            if i is None:
+                continue
+            if not (isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                    and (not isinstance(vocab, int) or i < vocab)):
+                raise InteropError(f"config.json: {name} {str(value)[:40]} is not a token id in [0, vocab_size)")
 
 
 def _rope_theta(doc: dict[str, Any]) -> float:
