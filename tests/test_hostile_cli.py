@@ -10,7 +10,7 @@ import pytest
 import torch
 from hostile import assert_one_line, assert_one_line_error, run_cli, tiny_checkpoint
 
-from embergpt import GPT, GPTConfig
+from embergpt import GPT, GPTConfig, save_checkpoint
 from embergpt.sampling import MAX_TEMPERATURE, MIN_TEMPERATURE, SamplingParams
 from embergpt.tokenizer import CharTokenizer
 
@@ -356,3 +356,37 @@ def test_absurd_bench_flags_through_the_cli():
     # a batch of 2**63 rows reached a tensor shape: a C++ backtrace and exit 1; 1e308 seconds a round without end
     assert_one_line_error(run_cli("bench", "decode", "--no-hf", "--batch", HUGE), "--batch", "4,096")
     assert_one_line_error(run_cli("bench", "serve", "--no-hf", "--seconds", "1e308"), "--seconds", "86400")
+
+
+def test_a_text_line_is_read_up_to_its_cap_only():
+    import io
+
+    from embergpt.errors import InputFileError
+    from embergpt.input_files import read_text_line
+
+    stream = io.BytesIO(b"first\r\n" + b"x" * 100 + b"\nlast")
+    assert read_text_line(stream, max_bytes=100) == "first"
+    assert read_text_line(stream, max_bytes=100) == "x" * 100  # the cap itself, its newline past it: one line
+    assert read_text_line(stream, max_bytes=100) == "last" and read_text_line(stream, max_bytes=100) is None
+    endless = io.BytesIO(b"y" * 10_000)
+    with pytest.raises(InputFileError, match="over the limit of 1,000 bytes"):
+        read_text_line(endless, max_bytes=1000, what="a message")
+    assert endless.tell() == 1001
+    with pytest.raises(InputFileError, match="not UTF-8"):
+        read_text_line(io.BytesIO(b"a\xff\n"), max_bytes=100)
+
+
+@pytest.mark.slow  # a process importing torch: ~6 s on a loaded 2-core machine
+def test_a_chat_fed_from_dev_zero_is_refused(tmp_path):
+    """The REPL read stdin with input(), which waits for a newline that /dev/zero never sends."""
+    import subprocess
+    import sys
+
+    tok = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz ", chat=True)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, sequence_len=32, n_layer=1, n_head=1, n_kv_head=1, n_embd=16))
+    ckpt = save_checkpoint(model, tmp_path / "chat", tokenizer=tok)
+    cmd = [sys.executable, "-m", "embergpt", "chat", "--checkpoint", str(ckpt)]
+    with open("/dev/zero", "rb") as zero:
+        result = subprocess.run(cmd, stdin=zero, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert_one_line(result.stderr.strip().splitlines()[-1], "embergpt chat: error:", "over the limit")

@@ -119,3 +119,24 @@ def read_text_stream(
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise error(f"{what} is not UTF-8 text (byte {e.start})") from None
+
+
+def read_text_line(
+    stream: BinaryIO,
+    *,
+    max_bytes: int,
+    what: str = "input line",
+    error: type[EmbergptError] = InputFileError,
+) -> str | None:
+    """One line of UTF-8 text from a binary stream, without its newline; None at the end of the stream. A line
+    longer than `max_bytes` (a pipe from /dev/zero has no newline at all) is `error` after reading `max_bytes + 1`
+    bytes of it; so is a line that is not UTF-8."""
+    data = stream.readline(max_bytes + 1)
+    if not data:
+        return None
+    if len(data) > max_bytes and not data.endswith(b"\n"):
+        raise error(f"{what} is over the limit of {max_bytes:,} bytes; pass shorter lines")
+    try:
+        return data.decode("utf-8").removesuffix("\n").removesuffix("\r")
+    except UnicodeDecodeError as e:
+        raise error(f"{what} is not UTF-8 text (byte {e.start})") from None

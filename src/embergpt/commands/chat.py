@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from embergpt.chat.session import ChatSession, pretty_tools
-    from embergpt.inference.loading import load_for_inference
+    from embergpt.inference.loading import MAX_PROMPT_BYTES, load_for_inference
+    from embergpt.input_files import read_text_line
     from embergpt.sampling import SamplingParams
 
     if args.max_tokens < 1:
@@ -62,9 +63,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print("embergpt chat: /clear forgets the conversation, /exit leaves", file=sys.stderr)
     while True:
-        try:
-            message = input("you> ")
-        except EOFError:
+        if sys.stdin.isatty():  # a terminal: input() edits the line (the tty itself caps its length)
+            try:
+                message = input("you> ")
+            except EOFError:
+                message = None
+        else:  # a pipe or a file: read a bounded line (/dev/zero piped in has no newline to stop input())
+            out.write("you> ")
+            out.flush()
+            message = read_text_line(sys.stdin.buffer, max_bytes=MAX_PROMPT_BYTES, what="a message on stdin")
+        if message is None:
             print()
             return 0
         if message.strip() in ("/exit", "/quit"):
