@@ -390,3 +390,22 @@ def test_a_chat_fed_from_dev_zero_is_refused(tmp_path):
         result = subprocess.run(cmd, stdin=zero, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert_one_line(result.stderr.strip().splitlines()[-1], "embergpt chat: error:", "over the limit")
+
+
+# ---- what the CLI prints: one bounded line, whatever value it quotes
+
+
+def test_a_message_is_one_line_of_bounded_length():
+    from embergpt.errors import MAX_MESSAGE_CHARS, one_line
+
+    value = "x" * 100_000
+    line = one_line(f"unknown device {value!r}; use cpu")
+    assert len(line) <= MAX_MESSAGE_CHARS and line.startswith("unknown device 'x") and line.endswith("'; use cpu")
+    assert one_line("a\nb\r\n  c") == "a b c" and one_line("short") == "short"
+
+
+def test_a_100k_character_variable_is_quoted_in_one_short_line():
+    """An EMBERGPT_<FLAG> value is quoted in the refusal: it used to be printed whole (100,000 characters)."""
+    result = run_cli("train", "--steps", "1", "--out", "unused", env={"EMBERGPT_PRESET": "x" * 100_000})
+    assert_one_line_error(result, "unknown preset", "choose one of")
+    assert len(result.stderr) < 1100

@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from embergpt.errors import EmbergptError
+    from embergpt.errors import EmbergptError, one_line
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -79,13 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._module.run(args) or 0)
     except (EmbergptError, ValueError) as e:
-        print(f"embergpt {args.command}: error: {e}", file=sys.stderr)
+        print(f"embergpt {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # stdout closed by a reader such as `head`
         return 0
     except OSError as e:  # a path the user gave: a directory for a file, a read-only place, a full disk
         where = f": {e.filename}" if e.filename else ""
-        print(f"embergpt {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(f"embergpt {args.command}: error: {one_line(f'{e.strerror or e}{where}')}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:
         if not isinstance(e, MemoryError) and "can't allocate memory" not in str(e) and "out of memory" not in str(e):

@@ -28,3 +28,17 @@ class InputFileError(EmbergptError, ValueError):
 
 class OutputPathError(EmbergptError, ValueError):
     """An output path names something a write must not replace: a FIFO, a device, a symlink, a directory."""
+
+
+MAX_MESSAGE_CHARS = 1000
+
+
+def one_line(message: object, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`message` as what the CLI prints: one line (runs of whitespace, newlines included, become one space) of at
+    most `limit` characters. A message quotes what it refuses, and that value may be an environment variable of
+    100,000 characters: its middle is cut, so that the start (what went wrong) and the end (what to do) remain."""
+    flat = " ".join(str(message).split())
+    if len(flat) <= limit:
+        return flat
+    keep = (limit - 5) // 2
+    return f"{flat[:keep]} ... {flat[len(flat) - keep:]}"
