@@ -470,3 +470,22 @@ def test_every_number_has_an_upper_bound(name):
         resolve_settings({name: MAXIMA[name] * 2}, {})
     top = MAXIMA[name] if name == "rate_limit_rps" else int(MAXIMA[name])
     assert getattr(resolve_settings({name: top}, {}), name) == top
+
+
+@pytest.mark.parametrize("host", ["999.1.1.1", "", "a" * 100 + ".example", "bad\x00host"])
+def test_a_host_that_cannot_be_bound_is_one_line(host):
+    from embergpt.serve.server import resolve_host
+
+    with pytest.raises(ValueError, match="cannot resolve host") as e:
+        resolve_host(host, 0)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400
+    assert resolve_host("127.0.0.1", 0)[1][0] == "127.0.0.1"
+
+
+def test_a_bad_host_is_refused_before_the_network_warning(tmp_path):
+    """The warning about a non-loopback --host came first, then the error: two lines for one mistake."""
+    from hostile import assert_one_line_error, run_cli, tiny_checkpoint
+
+    result = run_cli("serve", "--checkpoint", str(tiny_checkpoint(tmp_path / "ckpt")), "--host", "999.1.1.1",
+                     "--port", "0", "--compile", "off")
+    assert_one_line_error(result, "cannot resolve host '999.1.1.1'", "127.0.0.1")

@@ -85,7 +85,7 @@ def network_warning(host: str) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from embergpt.serve.server import serve
+    from embergpt.serve.server import resolve_host, serve
     from embergpt.serve.settings import resolve_settings
     from embergpt.whole_numbers import check_threads
 
@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     settings = resolve_settings({**{name: getattr(args, name) for name in _LIMITS},
                                  "compile": args.compile, "dtype": args.dtype,
                                  "accept_any_model": args.accept_any_model})
+    resolve_host(args.host, args.port)  # a host that cannot be bound is refused before warning about it
     warning = network_warning(args.host)
     if warning:
         print(warning, file=sys.stderr, flush=True)

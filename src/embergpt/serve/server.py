@@ -15,13 +15,20 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (port 0 = any free port)."""
+def resolve_host(host: str, port: int) -> tuple[int, Any]:
+    """(address family, socket address) to listen on for host:port, or a one-line ValueError: checked before the
+    model loads (and before any warning about the host is printed), not minutes later at the bind."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:
-        raise ValueError(f"cannot resolve host {host!r} ({e}); use an IP address such as 127.0.0.1") from None
+    except (socket.gaierror, UnicodeError, ValueError) as e:  # UnicodeError: a label over 63 characters
+        raise ValueError(f"cannot resolve host {host[:100]!r} ({e}); use an IP address such as 127.0.0.1") from None
     family, _, _, _, address = infos[0]
+    return family, address
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0 = any free port)."""
+    family, address = resolve_host(host, port)
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
