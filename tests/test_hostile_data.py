@@ -8,6 +8,7 @@ import os
 import time
 
 import pytest
+import torch
 from fake_remote import Failure, FakeRemote
 from hostile import assert_one_line, assert_one_line_error, run_cli
 
@@ -138,3 +139,49 @@ def test_a_cache_variable_naming_a_file_through_train_cli(tmp_path):
                      env={"EMBERGPT_CACHE": str(a_file)})
     assert_one_line_error(result, "EMBERGPT_CACHE", "not a directory")
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_a_fifo_or_a_lying_header_in_the_token_cache_is_rebuilt(tmp_path):
+    """The token cache is read from disk: a FIFO in place of an entry blocked np.load's open for ever; a header
+    claiming 10**12 elements must not be allocated. Both are treated as a broken entry and rebuilt, to the same
+    ids as a build without any cache."""
+    import threading
+    import warnings
+
+    import numpy as np
+
+    from embergpt.data.batches import TokenDataset
+    from embergpt.tokenizer import CharTokenizer
+
+    text = "some text to tokenise, twice over. " * 20
+    tok = CharTokenizer.from_text(text)
+    fresh = TokenDataset.build(text, tok, cache_dir=tmp_path / "unused", cache=False)
+    path = TokenDataset.build(text, tok, cache_dir=tmp_path).cache_path
+
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(10, dtype=np.int64))
+    lying = dict(header, shape=(10**12,))
+    for make in (lambda: os.mkfifo(path), lambda: _write_npy_header(path, lying)):
+        path.unlink()
+        make()
+        result: list = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a FIFO left in place: the cache write may warn and go on
+            worker = threading.Thread(target=_build_into, args=(result, text, tok, tmp_path), daemon=True)
+            worker.start()
+            worker.join(30)
+        assert not worker.is_alive(), "reading the token cache hung"
+        assert not result[0].cache_hit and torch.equal(result[0].train_ids, fresh.train_ids)
+
+
+def _build_into(result: list, text: str, tok, folder) -> None:
+    from embergpt.data.batches import TokenDataset
+
+    result.append(TokenDataset.build(text, tok, cache_dir=folder))
+
+
+def _write_npy_header(path, header: dict) -> None:
+    import numpy as np
+
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(b"\0" * 80)  # the ten int64 the header does not describe

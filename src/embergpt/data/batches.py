@@ -26,7 +26,8 @@ import torch
 
 from embergpt.atomic_write import write_atomic
 from embergpt.data.sources import cache_dir as default_cache_dir
-from embergpt.errors import DataError
+from embergpt.errors import DataError, EmbergptError, OutputPathError
+from embergpt.input_files import open_regular_file
 
 MODES = ("window", "documents")
 _ENCODE_CHUNK_CHARS = 1 << 20
@@ -59,11 +60,25 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def _load_npy(path: Path) -> np.ndarray | None:
-    """The cached array, or None when it is missing or unreadable (the caller then rebuilds it)."""
+    """The cached array, or None when it is missing or unreadable (the caller then rebuilds it). Only a regular
+    file is opened (a FIFO in its place would block the open for ever), and its header's shape must fit in the
+    bytes the file holds before anything is allocated (a header claiming 10**12 elements is a broken cache)."""
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
+        fd, size = open_regular_file(path, max_bytes=None, what="token cache file")
+    except EmbergptError:
         return None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            if dtype.hasobject or int(np.prod(shape, dtype=object)) * dtype.itemsize > size - f.tell():
+                return None
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
 
 
 class TokenDataset:
@@ -137,7 +152,7 @@ class TokenDataset:
                     if offsets is not None:
                         _save_npy(offsets_path, offsets)
                     _save_npy(ids_path, ids)  # written last: its presence means the entry is complete
-                except OSError as e:
+                except (OSError, OutputPathError) as e:  # OutputPathError: a FIFO or directory in the entry's place
                     # The ids in memory are right; only the next run pays for the missing cache.
                     warnings.warn(f"could not write the token cache in {folder} ({e})", stacklevel=2)
         assert ids is not None
