@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 from fake_remote import Failure, FakeRemote
-from hostile import assert_one_line, assert_one_line_error, run_cli
+from hostile import assert_one_line, assert_one_line_error, run_cli, tiny_checkpoint
 
 from embergpt.data.sources import RetryPolicy, load_text
 from embergpt.errors import DataError
@@ -139,6 +139,29 @@ def test_a_cache_variable_naming_a_file_through_train_cli(tmp_path):
                      env={"EMBERGPT_CACHE": str(a_file)})
     assert_one_line_error(result, "EMBERGPT_CACHE", "not a directory")
     assert not (tmp_path / "run" / "final").exists()
+
+
+@pytest.mark.parametrize("variable", ["EMBERGPT_CACHE", "TORCHINDUCTOR_CACHE_DIR"])
+def test_a_compile_cache_variable_naming_a_file_is_one_line_before_compiling(tmp_path, monkeypatch, variable):
+    """The compiled graphs' cache is checked when a compiling Engine is built: before, generate printed
+    "compiling the decode step..." and then an OSError naming neither variable."""
+    from embergpt import GPT, GPTConfig
+    from embergpt.inference import Engine
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    checkpoint = tiny_checkpoint(tmp_path / "ckpt")
+    result = run_cli("generate", "--checkpoint", str(checkpoint), "--prompt", "the", "--max-tokens", "2",
+                     "--compile", "default", env={variable: str(a_file)})
+    assert_one_line_error(result, variable, "not a directory")
+    assert "compiling" not in result.stderr
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv(variable, str(a_file))
+    model = GPT(GPTConfig(vocab_size=16, sequence_len=8, n_layer=1, n_head=2, n_kv_head=1, n_embd=16))
+    with pytest.raises(DataError) as info:
+        Engine(model, compile="default")
+    assert_one_line(str(info.value), variable, "not a directory")
+    Engine(model, compile="off")  # an eager engine writes no compiled graphs: the variable is not its concern
 
 
 def test_a_fifo_or_a_lying_header_in_the_token_cache_is_rebuilt(tmp_path):

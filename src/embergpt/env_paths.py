@@ -44,3 +44,9 @@ def directory_from_env(name: str, default: Path) -> Path:
     if not stat.S_ISDIR(mode):
         raise DataError(f"{name}={shown} is {file_kind(mode)}, not a directory; {advice}")
     return path
+
+
+def embergpt_cache() -> Path:
+    """The root of embergpt's caches (downloads, tokens, compiled graphs): `$EMBERGPT_CACHE`, checked as above, else
+    `~/.cache/embergpt`."""
+    return directory_from_env("EMBERGPT_CACHE", Path.home() / ".cache" / "embergpt")

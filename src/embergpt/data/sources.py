@@ -50,7 +50,7 @@ from typing import Any
 
 from embergpt.atomic_write import write_bytes_atomic
 from embergpt.bounded_json import loads as bounded_loads
-from embergpt.env_paths import directory_from_env
+from embergpt.env_paths import embergpt_cache
 from embergpt.errors import DataError
 from embergpt.input_files import read_regular_file
 
@@ -82,7 +82,7 @@ def _error(source: str, problem: str, advice: str) -> DataError:
 def cache_dir() -> Path:
     """The root of embergpt's download and token caches: `$EMBERGPT_CACHE` (absolute; DataError if it names a
     file, see embergpt.env_paths), else `~/.cache/embergpt`."""
-    return directory_from_env("EMBERGPT_CACHE", Path.home() / ".cache" / "embergpt")
+    return embergpt_cache()
 
 
 def _env_number(name: str, default: float, low: float, high: float, integer: bool = False) -> float:

@@ -27,6 +27,9 @@ from typing import Any
 
 import torch
 
+from embergpt.env_paths import directory_from_env, embergpt_cache
+from embergpt.errors import DataError
+
 COMPILE_MODES = ("off", "default", "max-autotune")
 # inductor settings of "max-autotune" on CPU: weights frozen into the graph (prepacked), each matmul's kernel
 # picked by timing inductor's C++ GEMM templates against aten, quietly (no per-matmul report on stderr)
@@ -46,18 +49,21 @@ def normalize_mode(compile: bool | str | None) -> str:
 
 
 def compile_cache_dir() -> Path:
-    """Where inductor keeps compiled graphs: $TORCHINDUCTOR_CACHE_DIR, else $EMBERGPT_CACHE/inductor."""
-    explicit = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    root = os.environ.get("EMBERGPT_CACHE") or str(Path.home() / ".cache" / "embergpt")
-    return Path(root) / "inductor"
+    """Where inductor keeps compiled graphs: $TORCHINDUCTOR_CACHE_DIR, else $EMBERGPT_CACHE/inductor (each checked:
+    a file, a control character or an over-long value is a one-line DataError naming the variable)."""
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR", "").strip():
+        return directory_from_env("TORCHINDUCTOR_CACHE_DIR", Path())
+    return embergpt_cache() / "inductor"
 
 
 def use_persistent_cache() -> Path:
     """Point inductor's on-disk caches at compile_cache_dir() (and turn on the FX graph cache); returns the dir."""
     path = compile_cache_dir()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the compile cache {path} ({e.strerror}); set EMBERGPT_CACHE to a writable "
+                        "directory, or use --compile off") from None
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(path))
     import torch._inductor.config as inductor_config
 

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from embergpt.inference.batch import Batch, Event, Request
-from embergpt.inference.compile import compile_step, normalize_mode
+from embergpt.inference.compile import compile_step, normalize_mode, use_persistent_cache
 from embergpt.inference.kv_cache import KVCache, SlotView
 from embergpt.inference.streaming import TextStreamer
 from embergpt.sampling import SamplingParams
@@ -75,6 +75,8 @@ class Engine:
         self.supports_kv_cache = bool(getattr(model, "supports_kv_cache", True))
         if not self.supports_kv_cache:
             self.compile_mode = "off"
+        if self.compile:  # a bad cache variable is an error here, not after "compiling the decode step..."
+            use_persistent_cache()
         self._step: Callable[[torch.Tensor, SlotView], torch.Tensor] | None = None
 
     @property
