@@ -409,3 +409,17 @@ def test_a_100k_character_variable_is_quoted_in_one_short_line():
     result = run_cli("train", "--steps", "1", "--out", "unused", env={"EMBERGPT_PRESET": "x" * 100_000})
     assert_one_line_error(result, "unknown preset", "choose one of")
     assert len(result.stderr) < 1100
+
+
+@pytest.mark.parametrize("verb, flags, words", [
+    ("tokenizer decode", ["--ids", "1,,2"], ("--ids", "'1,,2'")),
+    ("tokenizer decode", ["--ids", "1;2"], ("--ids", "'1;2'")),
+    ("eval", ["--tasks", ",,,"], ("--tasks", "',,,'")),
+])
+def test_lists_with_empty_or_broken_entries_are_refused(tmp_path, verb, flags, words):
+    """An empty entry used to be skipped (1,,2 decoded as 1,2; --tasks ,,, ran no task and said nothing)."""
+    checkpoint = tiny_checkpoint(tmp_path / "ckpt")
+    where = ["--tokenizer", str(checkpoint / "tokenizer.json")] if verb.startswith("tokenizer") else [str(checkpoint)]
+    assert_one_line_error(run_cli(*verb.split(), *where, *flags), *words)
+    if verb.startswith("tokenizer"):  # the same ids, well formed, decode
+        assert run_cli(*verb.split(), *where, "--ids", " 1, 2").returncode == 0

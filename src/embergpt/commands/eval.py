@@ -36,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from embergpt.eval.run import evaluate_checkpoint, format_report
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks.strip() else []
+    if "" in tasks:
+        raise ValueError(f"--tasks must be task names separated by commas, got {args.tasks[:80]!r}")
     result = evaluate_checkpoint(
         args.checkpoint, data=args.data, split=args.split, tasks=tasks, task_files=args.task_file,
         batch_size=args.batch_size, max_tokens=args.max_tokens, device=args.device, show_progress=True,

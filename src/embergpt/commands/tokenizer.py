@@ -65,11 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _parse_ids(raw: str) -> list[int]:
-    parts = [p for p in raw.replace(",", " ").split() if p]
     try:
-        return [int(p) for p in parts]
+        return [int(p) for p in raw.split(",")]  # int() allows the spaces around each; an empty entry is an error
     except ValueError:
-        raise ValueError(f"--ids must be integers separated by commas, got {raw!r}") from None
+        raise ValueError(f"--ids must be integers separated by commas (e.g. 1,2,3), got {raw[:80]!r}") from None
 
 
 def _piece(raw: bytes) -> str:
