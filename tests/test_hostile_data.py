@@ -151,11 +151,12 @@ def test_a_compile_cache_variable_naming_a_file_is_one_line_before_compiling(tmp
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     checkpoint = tiny_checkpoint(tmp_path / "ckpt")
+    # a compiling test earlier in this process set TORCHINDUCTOR_CACHE_DIR, which wins over EMBERGPT_CACHE
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     result = run_cli("generate", "--checkpoint", str(checkpoint), "--prompt", "the", "--max-tokens", "2",
                      "--compile", "default", env={variable: str(a_file)})
     assert_one_line_error(result, variable, "not a directory")
     assert "compiling" not in result.stderr
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.setenv(variable, str(a_file))
     model = GPT(GPTConfig(vocab_size=16, sequence_len=8, n_layer=1, n_head=2, n_kv_head=1, n_embd=16))
     with pytest.raises(DataError) as info:
