@@ -90,11 +90,15 @@ def read_regular_text(
 ) -> str:
     """`read_regular_file` decoded as UTF-8; invalid UTF-8 is `error` too."""
     data = read_regular_file(path, max_bytes=max_bytes, what=what, error=error)
+    return _utf8(data, f"{what} {os.fspath(path)!r}", error)
+
+
+def _utf8(data: bytes | bytearray, label: str, error: type[EmbergptError]) -> str:
+    """`data` decoded as UTF-8, or `error` naming `label` and the first bad byte."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise error(f"{what} {os.fspath(path)!r} is not UTF-8 text (byte {e.start})") from None
-
+        raise error(f"{label} is not UTF-8 text (byte {e.start})") from None
 
 
 def read_text_stream(
@@ -115,10 +119,7 @@ def read_text_stream(
         data += chunk
     if len(data) > max_bytes:
         raise error(f"{what} is over the limit of {max_bytes:,} bytes; pass less text")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise error(f"{what} is not UTF-8 text (byte {e.start})") from None
+    return _utf8(data, what, error)
 
 
 def read_text_line(
@@ -136,7 +137,4 @@ def read_text_line(
         return None
     if len(data) > max_bytes and not data.endswith(b"\n"):
         raise error(f"{what} is over the limit of {max_bytes:,} bytes; pass shorter lines")
-    try:
-        return data.decode("utf-8").removesuffix("\n").removesuffix("\r")
-    except UnicodeDecodeError as e:
-        raise error(f"{what} is not UTF-8 text (byte {e.start})") from None
+    return _utf8(data, what, error).removesuffix("\n").removesuffix("\r")

@@ -5,7 +5,7 @@ Speed goals are compared against a baseline measured in the same run, as a ratio
 
 from __future__ import annotations
 
-import math
+from embergpt.whole_numbers import is_finite_number, is_whole
 
 # The largest value a benchmark's count or duration may take: far beyond a real measurement, low enough that 2**63
 # repeats, a batch of 2**63 rows (a tensor shape: a C++ crash) or 1e308 seconds is refused before any work starts.
@@ -16,14 +16,14 @@ MAX_SECONDS = 86400.0
 
 def check_count(flag: str, value: int, high: int = MAX_COUNT) -> int:
     """`value` if it is a whole number in [1, high]; a one-line ValueError naming `flag` otherwise."""
-    if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= high):
+    if not is_whole(value, 1, high):
         raise ValueError(f"{flag} must be a whole number in [1, {high:,}], got {value!r}")
     return value
 
 
 def check_seconds(flag: str, value: float, high: float = MAX_SECONDS) -> float:
     """`value` if it is a finite number in (0, high]; a one-line ValueError naming `flag` otherwise."""
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= high):
+    if not (is_finite_number(value) and 0 < value <= high):
         raise ValueError(f"{flag} must be a finite number of seconds in (0, {high:g}], got {value!r}")
     return value
 

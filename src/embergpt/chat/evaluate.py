@@ -21,19 +21,20 @@ from typing import Any
 
 from embergpt.chat import tasks
 from embergpt.chat.template import render_for_generation
+from embergpt.whole_numbers import is_whole
 
 Generate = Callable[[list[list[int]]], list[list[int]]]  # prompt ids per item -> reply ids per item
 DEFAULT_ITEMS = 50
 MAX_ITEMS = 100_000  # per task: minutes of decoding on a CPU already; 2**63 would never end
+EVAL_SEED = 0  # the held-out items: the same for every model
 
 
 def check_items(value: Any, name: str = "items_per_task", allow_zero: bool = False) -> int:
     """`value` if it is a whole number in [1 (0 when allow_zero), MAX_ITEMS]; ValueError (one line) otherwise."""
     low = 0 if allow_zero else 1
-    if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= MAX_ITEMS):
+    if not is_whole(value, low, MAX_ITEMS):
         raise ValueError(f"{name} must be a whole number in [{low}, {MAX_ITEMS:,}], got {value!r}")
     return value
-EVAL_SEED = 0  # the held-out items: the same for every model
 
 
 def reply_answer(reply: str, task: str) -> str | None:

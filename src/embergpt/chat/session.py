@@ -14,13 +14,14 @@ the whole history at every turn; `embergpt bench chat` measures the difference.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from embergpt.chat.template import render_for_generation
 from embergpt.inference.batch import Event, Request
 from embergpt.inference.engine import Engine
 from embergpt.sampling import SamplingParams
-from embergpt.whole_numbers import MAX_SEED, check_seed
+from embergpt.whole_numbers import MAX_SEED, check_seed, is_whole
 
 
 class ChatSession:
@@ -43,7 +44,7 @@ class ChatSession:
         self.engine, self.tokenizer = engine, tok
         self.system = system
         self.sampling = sampling or SamplingParams(temperature=0.0)
-        if not (isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool) and max_new_tokens >= 1):
+        if not is_whole(max_new_tokens, 1, math.inf):
             raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
         self.max_new_tokens = max_new_tokens
         self.seed = None if seed is None else check_seed(seed)

@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from embergpt.whole_numbers import is_finite_number, is_whole
 
 BODY_OVERHEAD_BYTES = 4096
 ENV_PREFIX = "EMBERGPT_"
@@ -90,9 +91,7 @@ class ServeSettings:
             value = getattr(self, f.name)
             if f.type == "float":
                 _check_float(f.name, value)
-            elif f.type == "int" and (
-                not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAXIMA[f.name]
-            ):
+            elif f.type == "int" and not is_whole(value, 1, MAXIMA[f.name]):
                 raise ValueError(f"{f.name} must be a whole number in [1, {MAXIMA[f.name]:,}], got {value!r}")
         if self.max_header_bytes < 1024:
             raise ValueError(f"max_header_bytes must be at least 1024, got {self.max_header_bytes}")
@@ -123,7 +122,7 @@ class ServeSettings:
 
 
 def _check_float(name: str, value: Any) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = is_finite_number(value)
     if name == "rate_limit_rps":
         if not (ok and 0 <= value <= MAXIMA[name]):
             raise ValueError(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from embergpt.config import PRESETS, GPTConfig, strict_from_dict
-from embergpt.whole_numbers import check_seed, check_threads
+from embergpt.whole_numbers import check_seed, check_threads, is_finite_number, is_whole
 
 STAGES = ("pretrain", "sft")
 MODELS = ("gpt", "bigram", "single-head", "multi-head", "compare")
@@ -245,15 +245,14 @@ def _positive_int(name: str, value: Any) -> None:
 def _whole_number(name: str, value: Any, low: int) -> None:
     """value is an int (not a bool) in [low, MAXIMA[name]] (no upper bound for a name not there)."""
     top = MAXIMA.get(name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < low or (top is not None and value > top):
+    if not is_whole(value, low, math.inf if top is None else top):
         span = f"in [{low}, {int(top):,}]" if top is not None else f">= {low}"
         raise ValueError(f"{name} must be an integer {span}, got {value!r}")
 
 
 def _bounded_number(name: str, value: Any, low: float, low_open: bool) -> None:
     """value is a finite int or float above low (or at it, unless low_open) and at most MAXIMA[name]."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not (ok and (value > low if low_open else value >= low) and value <= MAXIMA[name]):
+    if not (is_finite_number(value) and (value > low if low_open else value >= low) and value <= MAXIMA[name]):
         span = f"{'(' if low_open else '['}{low:g}, {MAXIMA[name]:,g}]"
         raise ValueError(f"{name} must be a finite number in {span}, got {value!r}")
 
